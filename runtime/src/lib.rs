@@ -1,0 +1,13 @@
+//! What every Legato binary shares: layered configuration ([`config`]), tracing
+//! ([`telemetry`]), staged shutdown ([`shutdown`]), the NATS connection and the idempotent
+//! provisioning of streams and consumers ([`nats`]), the HTTP accept loop ([`http`]), the
+//! admin server with `/livez`, `/readyz` and `/metrics` ([`admin`]) and opening the configured
+//! store ([`store`]).
+
+pub mod admin;
+pub mod config;
+pub mod http;
+pub mod nats;
+pub mod shutdown;
+pub mod store;
+pub mod telemetry;

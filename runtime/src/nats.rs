@@ -1,0 +1,194 @@
+//! The NATS connection and the idempotent provisioning of the bus (DESIGN.md "Bus").
+//!
+//! Workers provision: they create or update the streams and their durable consumer at start.
+//! The edge only checks that `SYNC_IN` exists. A stream created anew starts its sequence
+//! above the store's highest change, so cursors stay monotonic across a lost broker.
+
+use crate::config::NatsConfig;
+use async_nats::jetstream::{self, consumer, stream};
+use legato_schema::subject;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("nats connect: {0}")]
+    Connect(String),
+    #[error("jetstream: {0}")]
+    JetStream(String),
+}
+
+fn js_err(e: impl std::fmt::Display) -> BusError {
+    BusError::JetStream(e.to_string())
+}
+
+/// Connects to NATS. The first connection is retried in the background, so a process can
+/// start before the broker; until it is up, publishes fail and readiness is red.
+pub async fn connect(config: &NatsConfig) -> Result<async_nats::Client, BusError> {
+    async_nats::ConnectOptions::new()
+        .name(&config.name)
+        .connection_timeout(Duration::from_millis(config.connect_timeout_ms))
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .reconnect_delay_callback(|attempts| {
+            Duration::from_millis((50u64 << attempts.min(5) as u32).min(2_000))
+        })
+        .connect(&config.url)
+        .await
+        .map_err(|e| BusError::Connect(e.to_string()))
+}
+
+pub fn is_connected(client: &async_nats::Client) -> bool {
+    client.connection_state() == async_nats::connection::State::Connected
+}
+
+/// Limits of the bus, configurable per deployment.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct BusLimits {
+    pub max_message_bytes: i32,
+    pub duplicate_window_secs: u64,
+    /// How long committed changes wait in `SYNC_OUT` for a fanout worker.
+    pub out_max_age_secs: u64,
+    pub out_max_bytes: i64,
+    pub in_max_bytes: i64,
+}
+
+impl Default for BusLimits {
+    fn default() -> Self {
+        BusLimits {
+            max_message_bytes: 1024 * 1024,
+            duplicate_window_secs: 120,
+            out_max_age_secs: 24 * 3600,
+            out_max_bytes: 1 << 30,
+            in_max_bytes: 4 << 30,
+        }
+    }
+}
+
+pub fn sync_in_config(limits: &BusLimits) -> stream::Config {
+    stream::Config {
+        name: subject::SYNC_IN_STREAM.into(),
+        subjects: vec![subject::SYNC_IN_SUBJECTS.into()],
+        retention: stream::RetentionPolicy::WorkQueue,
+        storage: stream::StorageType::File,
+        duplicate_window: Duration::from_secs(limits.duplicate_window_secs),
+        max_message_size: limits.max_message_bytes,
+        max_bytes: limits.in_max_bytes,
+        // A full SYNC_IN refuses new writes (the edge answers 503) rather than dropping
+        // accepted ones.
+        discard: stream::DiscardPolicy::New,
+        ..Default::default()
+    }
+}
+
+pub fn sync_out_config(limits: &BusLimits) -> stream::Config {
+    stream::Config {
+        name: subject::SYNC_OUT_STREAM.into(),
+        subjects: vec![subject::SYNC_OUT_SUBJECTS.into()],
+        retention: stream::RetentionPolicy::WorkQueue,
+        storage: stream::StorageType::File,
+        duplicate_window: Duration::from_secs(limits.duplicate_window_secs),
+        max_message_size: limits.max_message_bytes,
+        max_age: Duration::from_secs(limits.out_max_age_secs),
+        max_bytes: limits.out_max_bytes,
+        // Committed changes are also in the store: when fanout falls this far behind, old
+        // deliveries are dropped and clients recover them through catch-up.
+        discard: stream::DiscardPolicy::Old,
+        ..Default::default()
+    }
+}
+
+/// Creates the stream, or updates the settings we own on an existing one. `first_seq` is used
+/// only when the stream is created.
+pub async fn ensure_stream(
+    js: &jetstream::Context,
+    mut config: stream::Config,
+    first_seq: u64,
+) -> Result<stream::Stream, BusError> {
+    match js.get_stream(&config.name).await {
+        Ok(mut existing) => {
+            let current = existing.info().await.map_err(js_err)?.config.clone();
+            let wanted = stream::Config {
+                first_sequence: current.first_sequence,
+                ..config.clone()
+            };
+            let owned_differs = current.subjects != wanted.subjects
+                || current.duplicate_window != wanted.duplicate_window
+                || current.max_message_size != wanted.max_message_size
+                || current.max_age != wanted.max_age
+                || current.max_bytes != wanted.max_bytes
+                || current.discard != wanted.discard;
+            if owned_differs {
+                tracing::info!(stream = %config.name, "updating stream settings");
+                js.update_stream(stream::Config { first_sequence: None, ..config })
+                    .await
+                    .map_err(js_err)?;
+            }
+            Ok(existing)
+        }
+        Err(e) if is_stream_not_found(&e) => {
+            if first_seq > 1 {
+                config.first_sequence = Some(first_seq);
+            }
+            tracing::info!(stream = %config.name, first_seq, "creating stream");
+            js.get_or_create_stream(config).await.map_err(js_err)
+        }
+        Err(e) => Err(js_err(e)),
+    }
+}
+
+fn is_stream_not_found(e: &jetstream::context::GetStreamError) -> bool {
+    matches!(
+        e.kind(),
+        jetstream::context::GetStreamErrorKind::JetStream(je)
+            if je.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+    )
+}
+
+/// Settings of a worker's durable pull consumer.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct ConsumerSettings {
+    pub ack_wait_secs: u64,
+    pub max_ack_pending: i64,
+}
+
+impl Default for ConsumerSettings {
+    fn default() -> Self {
+        ConsumerSettings {
+            ack_wait_secs: 30,
+            max_ack_pending: 10_000,
+        }
+    }
+}
+
+/// Creates or updates a shared durable pull consumer. Redelivery is unlimited at the server;
+/// the worker itself terminates a message after its configured number of deliveries, before
+/// processing it, so a message that crashes workers still ends (and the watermark moves).
+pub async fn ensure_consumer(
+    stream: &stream::Stream,
+    name: &str,
+    settings: &ConsumerSettings,
+) -> Result<consumer::PullConsumer, BusError> {
+    stream
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some(name.into()),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait: Duration::from_secs(settings.ack_wait_secs),
+            max_ack_pending: settings.max_ack_pending,
+            max_deliver: -1,
+            ..Default::default()
+        })
+        .await
+        .map_err(js_err)
+}
+
+/// The commit watermark: every `SYNC_IN` message at or below it is committed to the store.
+pub async fn ingest_watermark(js: &jetstream::Context) -> Result<u64, BusError> {
+    let stream = js.get_stream_no_info(subject::SYNC_IN_STREAM).await.map_err(js_err)?;
+    let info = stream
+        .consumer_info(subject::INGEST_CONSUMER)
+        .await
+        .map_err(js_err)?;
+    Ok(info.ack_floor.stream_sequence)
+}

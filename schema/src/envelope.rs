@@ -1,0 +1,160 @@
+//! Bus envelopes: MessagePack (named fields, so fields can be added) with an explicit version.
+//!
+//! - [`IngestEnvelope`]: edge → `sync.in.<user>` (JetStream `SYNC_IN`), one per request.
+//! - [`CommitReply`]: ingest worker → `sync.done.<request-id>` (core NATS).
+//! - [`CommittedBatch`]: ingest worker → `sync.out.<user>` (JetStream `SYNC_OUT`).
+
+use crate::clock::Clock;
+use crate::ids::{DeviceId, UserId};
+use crate::write::WriteItem;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+pub const ENVELOPE_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnvelopeError {
+    #[error("undecodable envelope: {0}")]
+    Malformed(String),
+    #[error("unsupported envelope version {0}")]
+    Version(u32),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RequestKind {
+    Push,
+    Batch,
+    WebSocket,
+}
+
+/// What an idempotency key binds a request to (CONTRACT.md §4).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdempotencyRef {
+    pub key: String,
+    pub request_hash: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IngestEnvelope {
+    pub v: u32,
+    pub request_id: String,
+    pub user: UserId,
+    pub device_id: Option<DeviceId>,
+    pub session_id: Option<String>,
+    pub kind: RequestKind,
+    pub received_at: Clock,
+    pub items: Vec<WriteItem>,
+    pub idempotency: Option<IdempotencyRef>,
+}
+
+/// The effect of one item, in request order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ItemOutcome {
+    /// The write became the entity's state, with this change sequence.
+    Applied { seq: u64 },
+    /// The stored state already is this write (same clock, flag and checksum).
+    Duplicate { seq: u64 },
+    /// A greater write is stored; it is described here.
+    Superseded {
+        seq: u64,
+        server_clock: Clock,
+        server_deleted: bool,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitReply {
+    pub v: u32,
+    pub request_id: String,
+    /// The JetStream sequence of the message that carried the request.
+    pub message_seq: u64,
+    pub outcomes: Vec<ItemOutcome>,
+}
+
+/// One committed change, as fanout and catch-up need it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    pub item: WriteItem,
+    pub seq: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommittedBatch {
+    pub v: u32,
+    pub user: UserId,
+    pub origin_device: Option<DeviceId>,
+    pub origin_session: Option<String>,
+    pub committed_at: Clock,
+    pub changes: Vec<Change>,
+}
+
+#[derive(Deserialize)]
+struct Probe {
+    v: u32,
+}
+
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    rmp_serde::to_vec_named(value).expect("envelopes always serialize")
+}
+
+/// Decodes an envelope, refusing versions this build does not know.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, EnvelopeError> {
+    let probe: Probe =
+        rmp_serde::from_slice(bytes).map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
+    if probe.v != ENVELOPE_VERSION {
+        return Err(EnvelopeError::Version(probe.v));
+    }
+    rmp_serde::from_slice(bytes).map_err(|e| EnvelopeError::Malformed(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::entity::EntityType;
+    use crate::ids::EntityId;
+
+    fn envelope() -> IngestEnvelope {
+        IngestEnvelope {
+            v: ENVELOPE_VERSION,
+            request_id: "abc".into(),
+            user: UserId::parse("user.1 *").unwrap(),
+            device_id: Some(DeviceId::parse("dev_1").unwrap()),
+            session_id: None,
+            kind: RequestKind::Push,
+            received_at: Clock(1),
+            items: vec![WriteItem {
+                entity_type: EntityType::Goal,
+                id: EntityId::parse("g1").unwrap(),
+                payload: r#"{"id":"g1"}"#.into(),
+                clock: Clock(5),
+                deleted: false,
+                deleted_at: None,
+                checksum: "00".into(),
+            }],
+            idempotency: Some(IdempotencyRef { key: "k".into(), request_hash: "h".into() }),
+        }
+    }
+
+    #[test]
+    fn round_trips() {
+        let e = envelope();
+        assert_eq!(decode::<IngestEnvelope>(&encode(&e)), Ok(e));
+    }
+
+    #[test]
+    fn refuses_other_versions_and_garbage() {
+        let mut e = envelope();
+        e.v = 2;
+        assert_eq!(decode::<IngestEnvelope>(&encode(&e)), Err(EnvelopeError::Version(2)));
+        assert!(matches!(
+            decode::<IngestEnvelope>(b"\x93not an envelope"),
+            Err(EnvelopeError::Malformed(_))
+        ));
+        // a valid map of the wrong shape
+        let reply = CommitReply { v: 1, request_id: "r".into(), message_seq: 1, outcomes: vec![] };
+        assert!(matches!(
+            decode::<IngestEnvelope>(&encode(&reply)),
+            Err(EnvelopeError::Malformed(_))
+        ));
+    }
+}

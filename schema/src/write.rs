@@ -1,0 +1,208 @@
+//! Turning one client item into a [`WriteItem`]: validation, the LWW clock, the tombstone flag
+//! and the checksum. Pure, so the edge (HTTP and WebSocket) and tests share one definition.
+
+use crate::checksum::{canonical_json, checksum};
+use crate::clock::{Clock, Version};
+use crate::entity::EntityType;
+use crate::ids::EntityId;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// One write as it travels on the bus and into the store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteItem {
+    pub entity_type: EntityType,
+    pub id: EntityId,
+    /// The payload as canonical JSON text (stored as sent, keys sorted).
+    pub payload: String,
+    pub clock: Clock,
+    pub deleted: bool,
+    pub deleted_at: Option<Clock>,
+    pub checksum: String,
+}
+
+impl WriteItem {
+    pub fn version(&self) -> Version {
+        Version {
+            clock: self.clock,
+            deleted: self.deleted,
+            checksum: self.checksum.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct PrepareOptions {
+    /// Server receive time: the clock of items that carry none.
+    pub now: Clock,
+    /// How far ahead of `now` a client clock may run before it is clamped.
+    pub max_skew_us: i64,
+    pub max_item_bytes: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prepared {
+    pub item: WriteItem,
+    pub clock_clamped: bool,
+}
+
+/// Why one item was refused; reported in `rejected`, never failing its neighbours.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ItemError {
+    #[error("item must be a JSON object")]
+    NotAnObject,
+    #[error("id must be a non-empty string")]
+    MissingId,
+    #[error("id is longer than 256 bytes")]
+    IdTooLong,
+    #[error("id contains a control character")]
+    IdControl,
+    #[error("item is larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("{0} is not a valid date")]
+    BadDate(&'static str),
+}
+
+/// A deletion marker is any truthy `deletedAt` (JavaScript truthiness).
+pub fn is_truthy(value: Option<&Value>) -> bool {
+    match value {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(Value::Number(n)) => n.as_f64().is_some_and(|f| f != 0.0),
+        Some(Value::String(s)) => !s.is_empty(),
+        Some(Value::Array(_) | Value::Object(_)) => true,
+    }
+}
+
+/// The id of an item as the client gave it, for error reports about invalid items.
+pub fn reported_id(id: Option<&Value>) -> String {
+    match id {
+        Some(Value::String(s)) => s.chars().take(256).collect(),
+        Some(Value::Number(n)) => n.to_string(),
+        _ => String::new(),
+    }
+}
+
+/// Validates one item and computes its clock and checksum. `id` is the item's id field (for a
+/// push, `payload.id`; for a batch entity, its outer `id`).
+pub fn prepare(
+    entity_type: EntityType,
+    id: Option<&Value>,
+    payload: Value,
+    opts: &PrepareOptions,
+) -> Result<Prepared, ItemError> {
+    let Value::Object(fields) = &payload else {
+        return Err(ItemError::NotAnObject);
+    };
+    let id = match id {
+        Some(Value::String(s)) if !s.is_empty() => {
+            EntityId::parse(s.clone()).map_err(|e| match e {
+                crate::ids::IdError::Empty(_) => ItemError::MissingId,
+                crate::ids::IdError::TooLong { .. } => ItemError::IdTooLong,
+                crate::ids::IdError::Control(_) => ItemError::IdControl,
+            })?
+        }
+        _ => return Err(ItemError::MissingId),
+    };
+    let deleted = is_truthy(fields.get("deletedAt"));
+    let deleted_at = match fields.get("deletedAt") {
+        Some(v @ (Value::String(_) | Value::Number(_))) if deleted => {
+            Some(Clock::from_json(v).map_err(|_| ItemError::BadDate("deletedAt"))?)
+        }
+        _ => None,
+    };
+    let updated_at = match fields.get("updatedAt") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(Clock::from_json(v).map_err(|_| ItemError::BadDate("updatedAt"))?),
+    };
+    let clock = updated_at.or(deleted_at).unwrap_or(opts.now);
+    let (clock, clock_clamped) = clock.clamp_future(opts.now, opts.max_skew_us);
+    let text = canonical_json(&payload);
+    if text.len() > opts.max_item_bytes {
+        return Err(ItemError::TooLarge(opts.max_item_bytes));
+    }
+    let deleted_at = deleted.then(|| deleted_at.unwrap_or(clock));
+    Ok(Prepared {
+        item: WriteItem {
+            entity_type,
+            id,
+            checksum: checksum(&payload),
+            payload: text,
+            clock,
+            deleted,
+            deleted_at,
+        },
+        clock_clamped,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn opts() -> PrepareOptions {
+        PrepareOptions {
+            now: Clock::parse_iso("2025-06-24T12:00:00Z").unwrap(),
+            max_skew_us: 300_000_000,
+            max_item_bytes: 256 * 1024,
+        }
+    }
+
+    fn push(item: Value) -> Result<Prepared, ItemError> {
+        let id = item.get("id").cloned();
+        prepare(EntityType::LogbookEntry, id.as_ref(), item, &opts())
+    }
+
+    #[test]
+    fn clock_comes_from_updated_at_then_deleted_at_then_now() {
+        let p = push(json!({"id":"e1","updatedAt":"2025-06-24T10:00:00Z"})).unwrap();
+        assert_eq!(p.item.clock.to_iso(), "2025-06-24T10:00:00.000Z");
+        assert!(!p.item.deleted);
+        let d = push(json!({"id":"e1","deletedAt":"2025-06-24T11:00:00Z"})).unwrap();
+        assert_eq!(d.item.clock.to_iso(), "2025-06-24T11:00:00.000Z");
+        assert!(d.item.deleted);
+        assert_eq!(d.item.deleted_at, Some(d.item.clock));
+        let n = push(json!({"id":"e1"})).unwrap();
+        assert_eq!(n.item.clock, opts().now);
+    }
+
+    #[test]
+    fn future_clocks_are_clamped() {
+        let p = push(json!({"id":"e1","updatedAt":"2030-01-01T00:00:00Z"})).unwrap();
+        assert!(p.clock_clamped);
+        assert_eq!(p.item.clock.to_iso(), "2025-06-24T12:05:00.000Z");
+    }
+
+    #[test]
+    fn invalid_items_say_why() {
+        assert_eq!(push(json!([1])), Err(ItemError::NotAnObject));
+        assert_eq!(push(json!({"id":""})), Err(ItemError::MissingId));
+        assert_eq!(push(json!({"id":7})), Err(ItemError::MissingId));
+        assert_eq!(push(json!({"id":"x".repeat(257)})), Err(ItemError::IdTooLong));
+        assert_eq!(
+            push(json!({"id":"e","updatedAt":"soon"})),
+            Err(ItemError::BadDate("updatedAt"))
+        );
+        let big = json!({"id":"e","notes":"x".repeat(300 * 1024)});
+        assert_eq!(push(big), Err(ItemError::TooLarge(256 * 1024)));
+    }
+
+    #[test]
+    fn unknown_fields_are_kept_and_checksummed() {
+        let p = push(json!({"id":"e1","scoreId":"s","measures":"1-16"})).unwrap();
+        assert_eq!(p.item.payload, r#"{"id":"e1","measures":"1-16","scoreId":"s"}"#);
+        let q = push(json!({"measures":"1-16","scoreId":"s","id":"e1"})).unwrap();
+        assert_eq!(p.item.checksum, q.item.checksum);
+    }
+
+    #[test]
+    fn truthiness_follows_javascript() {
+        for v in [json!(null), json!(false), json!(0), json!("")] {
+            assert!(!is_truthy(Some(&v)), "{v}");
+        }
+        for v in [json!(true), json!(1), json!("x"), json!({})] {
+            assert!(is_truthy(Some(&v)), "{v}");
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! The store: the source of truth for entity state (DESIGN.md "Store").
+//!
+//! [`Store`] is the one interface the workers and the edge use. Backends: [`sqlite`] (the
+//! embedded default) and, with the production issue, ScyllaDB. Every backend must pass the
+//! [`conformance`] suite, which states the trait's contract as executable checks.
+
+pub mod conformance;
+pub mod sqlite;
+
+use async_trait::async_trait;
+use legato_schema::envelope::ItemOutcome;
+use legato_schema::write::WriteItem;
+use legato_schema::{ChangeSeq, Clock, DeviceId, EntityType, UserId, Version};
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The backend cannot be reached or refuses writes now; the caller retries later.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// The stored data violates an invariant; retrying will not help.
+    #[error("store data invalid: {0}")]
+    Corrupt(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// The writes of one bus message: its items get change sequences
+/// `ChangeSeq::new(message_seq, index)`.
+#[derive(Debug, Clone)]
+pub struct MessageWrites {
+    pub user: UserId,
+    pub message_seq: u64,
+    pub device_id: Option<DeviceId>,
+    pub items: Vec<WriteItem>,
+}
+
+/// An entity as stored: the state of its LWW-greatest write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEntity {
+    pub entity_type: EntityType,
+    pub id: String,
+    /// Canonical JSON text of the winning write's payload.
+    pub payload: String,
+    pub clock: Clock,
+    pub deleted: bool,
+    pub deleted_at: Option<Clock>,
+    pub checksum: String,
+    pub seq: ChangeSeq,
+    pub device_id: Option<String>,
+    pub committed_at: Clock,
+}
+
+impl StoredEntity {
+    pub fn version(&self) -> Version {
+        Version {
+            clock: self.clock,
+            deleted: self.deleted,
+            checksum: self.checksum.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UserStatus {
+    /// Live (non-deleted) entities.
+    pub entity_count: u64,
+    /// When a write of this user was last committed.
+    pub last_commit: Option<Clock>,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// `"sqlite"` or `"scylla"`, for metrics and logs.
+    fn backend(&self) -> &'static str;
+
+    /// A stable id of this store's data set; cursors carry it so a cursor from another
+    /// deployment is recognised.
+    async fn deployment_id(&self) -> Result<String>;
+
+    /// Applies the writes of several messages atomically per message, under LWW, and
+    /// returns one outcome per item in order. `Duplicate` and `Superseded` carry the stored
+    /// write's sequence, so a caller can tell a redelivery of its own message
+    /// (`seq == ChangeSeq::new(message_seq, index)`) from a true duplicate.
+    async fn apply(
+        &self,
+        batch: Vec<MessageWrites>,
+        committed_at: Clock,
+    ) -> Result<Vec<Vec<ItemOutcome>>>;
+
+    async fn get(&self, user: &UserId, entity_type: EntityType, id: &str)
+    -> Result<Option<StoredEntity>>;
+
+    /// Every live entity of the user (of `types`, if given), ordered by sequence.
+    async fn snapshot(
+        &self,
+        user: &UserId,
+        types: Option<&[EntityType]>,
+    ) -> Result<Vec<StoredEntity>>;
+
+    /// Entities (tombstones included) whose sequence is greater than `since`, ordered by
+    /// sequence, at most `limit`.
+    async fn changes_since(
+        &self,
+        user: &UserId,
+        since: ChangeSeq,
+        types: Option<&[EntityType]>,
+        limit: usize,
+    ) -> Result<Vec<StoredEntity>>;
+
+    async fn status(&self, user: &UserId) -> Result<UserStatus>;
+
+    /// The highest change sequence stored, for keeping sequences monotonic when the bus
+    /// stream is re-created.
+    async fn max_seq(&self) -> Result<ChangeSeq>;
+
+    /// Ok when the store can serve reads and writes now.
+    async fn health(&self) -> Result<()>;
+}
+
+pub type SharedStore = Arc<dyn Store>;

@@ -1,0 +1,423 @@
+//! The embedded SQLite backend: one file in WAL mode, one writer connection and a small pool
+//! of readers. Several processes may open the same file (two ingest workers in tests); the
+//! writer takes SQLite's write lock per batch (`BEGIN IMMEDIATE`) and waits on `busy_timeout`.
+//!
+//! LWW is the row-value comparison in the upsert's `WHERE`: a write replaces the row only when
+//! `(clock, deleted, checksum)` is greater. When the upsert changes nothing, one read tells a
+//! duplicate from a superseded write.
+
+use crate::{MessageWrites, Result, Store, StoreError, StoredEntity, UserStatus};
+use async_trait::async_trait;
+use legato_schema::envelope::ItemOutcome;
+use legato_schema::{ChangeSeq, Clock, EntityType, UserId};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS entities (
+    user         TEXT    NOT NULL,
+    type         TEXT    NOT NULL,
+    id           TEXT    NOT NULL,
+    payload      TEXT    NOT NULL,
+    clock        INTEGER NOT NULL,
+    deleted      INTEGER NOT NULL,
+    deleted_at   INTEGER,
+    checksum     TEXT    NOT NULL,
+    seq          INTEGER NOT NULL,
+    device_id    TEXT,
+    committed_at INTEGER NOT NULL,
+    PRIMARY KEY (user, type, id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS entities_by_user_seq ON entities (user, seq);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+";
+
+const UPSERT: &str = "
+INSERT INTO entities (user, type, id, payload, clock, deleted, deleted_at, checksum, seq, device_id, committed_at)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+ON CONFLICT (user, type, id) DO UPDATE SET
+    payload = excluded.payload, clock = excluded.clock, deleted = excluded.deleted,
+    deleted_at = excluded.deleted_at, checksum = excluded.checksum, seq = excluded.seq,
+    device_id = excluded.device_id, committed_at = excluded.committed_at
+WHERE (excluded.clock, excluded.deleted, excluded.checksum)
+    > (entities.clock, entities.deleted, entities.checksum)";
+
+const COLUMNS: &str =
+    "type, id, payload, clock, deleted, deleted_at, checksum, seq, device_id, committed_at";
+
+/// How durable a commit is: `Full` survives power loss, `Normal` (WAL) survives a process
+/// crash. Ingest acks a message only after the commit, so `Full` is the default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Synchronous {
+    #[default]
+    Full,
+    Normal,
+}
+
+#[derive(Debug, Clone)]
+pub struct SqliteOptions {
+    pub synchronous: Synchronous,
+    pub busy_timeout: Duration,
+    pub max_readers: usize,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        SqliteOptions {
+            synchronous: Synchronous::Full,
+            busy_timeout: Duration::from_secs(5),
+            max_readers: 4,
+        }
+    }
+}
+
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    options: SqliteOptions,
+    writer: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+    deployment: String,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and its schema.
+    pub fn open(path: impl AsRef<Path>, options: SqliteOptions) -> Result<SqliteStore> {
+        let path = path.as_ref().to_path_buf();
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(unavailable)?;
+        }
+        let writer = open_connection(&path, &options, false)?;
+        writer.execute_batch(SCHEMA).map_err(unavailable)?;
+        writer
+            .execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('deployment', ?1)",
+                [uuid::Uuid::new_v4().simple().to_string()[..16].to_owned()],
+            )
+            .map_err(unavailable)?;
+        let deployment: String = writer
+            .query_row("SELECT value FROM meta WHERE key = 'deployment'", [], |r| r.get(0))
+            .map_err(unavailable)?;
+        Ok(SqliteStore {
+            inner: Arc::new(Inner {
+                path,
+                options,
+                writer: Mutex::new(writer),
+                readers: Mutex::new(Vec::new()),
+                deployment,
+            }),
+        })
+    }
+
+    async fn read<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let pooled = inner.readers.lock().expect("reader pool poisoned").pop();
+            let conn = match pooled {
+                Some(c) => c,
+                None => open_connection(&inner.path, &inner.options, true)?,
+            };
+            let result = f(&conn).map_err(unavailable);
+            let mut pool = inner.readers.lock().expect("reader pool poisoned");
+            if pool.len() < inner.options.max_readers {
+                pool.push(conn);
+            }
+            result
+        })
+        .await
+        .map_err(unavailable)?
+    }
+}
+
+fn open_connection(path: &Path, options: &SqliteOptions, read_only: bool) -> Result<Connection> {
+    let flags = if read_only {
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    };
+    let conn = Connection::open_with_flags(path, flags).map_err(unavailable)?;
+    conn.busy_timeout(options.busy_timeout).map_err(unavailable)?;
+    if !read_only {
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(unavailable)?;
+    }
+    let sync = match options.synchronous {
+        Synchronous::Full => "FULL",
+        Synchronous::Normal => "NORMAL",
+    };
+    conn.pragma_update(None, "synchronous", sync).map_err(unavailable)?;
+    Ok(conn)
+}
+
+fn row_to_entity(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEntity> {
+    let type_name: String = row.get(0)?;
+    let entity_type = type_name.parse::<EntityType>().map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+    })?;
+    Ok(StoredEntity {
+        entity_type,
+        id: row.get(1)?,
+        payload: row.get(2)?,
+        clock: Clock(row.get(3)?),
+        deleted: row.get(4)?,
+        deleted_at: row.get::<_, Option<i64>>(5)?.map(Clock),
+        checksum: row.get(6)?,
+        seq: ChangeSeq(row.get::<_, i64>(7)? as u64),
+        device_id: row.get(8)?,
+        committed_at: Clock(row.get(9)?),
+    })
+}
+
+fn type_filter(types: Option<&[EntityType]>) -> (String, Vec<String>) {
+    match types {
+        None => (String::new(), Vec::new()),
+        Some(types) => {
+            let names: Vec<String> = types.iter().map(|t| t.as_str().to_owned()).collect();
+            let marks = vec!["?"; names.len()].join(", ");
+            (format!(" AND type IN ({marks})"), names)
+        }
+    }
+}
+
+fn apply_blocking(
+    conn: &mut Connection,
+    batch: &[MessageWrites],
+    committed_at: Clock,
+) -> rusqlite::Result<Vec<Vec<ItemOutcome>>> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut all = Vec::with_capacity(batch.len());
+    {
+        let mut upsert = tx.prepare_cached(UPSERT)?;
+        let mut current = tx.prepare_cached(
+            "SELECT clock, deleted, seq, checksum FROM entities WHERE user = ?1 AND type = ?2 AND id = ?3",
+        )?;
+        for message in batch {
+            let mut outcomes = Vec::with_capacity(message.items.len());
+            for (index, item) in message.items.iter().enumerate() {
+                let seq = ChangeSeq::new(message.message_seq, index);
+                let changed = upsert.execute(params![
+                    message.user.as_str(),
+                    item.entity_type.as_str(),
+                    item.id.as_str(),
+                    item.payload,
+                    item.clock.as_micros(),
+                    item.deleted,
+                    item.deleted_at.map(Clock::as_micros),
+                    item.checksum,
+                    seq.0 as i64,
+                    message.device_id.as_ref().map(|d| d.as_str()),
+                    committed_at.as_micros(),
+                ])?;
+                if changed == 1 {
+                    outcomes.push(ItemOutcome::Applied { seq: seq.0 });
+                    continue;
+                }
+                let (clock, deleted, stored_seq, checksum): (i64, bool, i64, String) = current
+                    .query_row(
+                        params![message.user.as_str(), item.entity_type.as_str(), item.id.as_str()],
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                    )?;
+                // The upsert changed nothing, so the stored version is >= this write.
+                let identical = Clock(clock) == item.clock
+                    && deleted == item.deleted
+                    && checksum == item.checksum;
+                outcomes.push(if identical {
+                    ItemOutcome::Duplicate { seq: stored_seq as u64 }
+                } else {
+                    ItemOutcome::Superseded {
+                        seq: stored_seq as u64,
+                        server_clock: Clock(clock),
+                        server_deleted: deleted,
+                    }
+                });
+            }
+            all.push(outcomes);
+        }
+    }
+    tx.commit()?;
+    Ok(all)
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn deployment_id(&self) -> Result<String> {
+        Ok(self.inner.deployment.clone())
+    }
+
+    async fn apply(
+        &self,
+        batch: Vec<MessageWrites>,
+        committed_at: Clock,
+    ) -> Result<Vec<Vec<ItemOutcome>>> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = inner.writer.lock().expect("writer poisoned");
+            apply_blocking(&mut conn, &batch, committed_at).map_err(unavailable)
+        })
+        .await
+        .map_err(unavailable)?
+    }
+
+    async fn get(
+        &self,
+        user: &UserId,
+        entity_type: EntityType,
+        id: &str,
+    ) -> Result<Option<StoredEntity>> {
+        let (user, id) = (user.as_str().to_owned(), id.to_owned());
+        self.read(move |c| {
+            c.prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM entities WHERE user = ?1 AND type = ?2 AND id = ?3"
+            ))?
+            .query_row(params![user, entity_type.as_str(), id], row_to_entity)
+            .optional()
+        })
+        .await
+    }
+
+    async fn snapshot(
+        &self,
+        user: &UserId,
+        types: Option<&[EntityType]>,
+    ) -> Result<Vec<StoredEntity>> {
+        let (filter, names) = type_filter(types);
+        let user = user.as_str().to_owned();
+        self.read(move |c| {
+            let sql = format!(
+                "SELECT {COLUMNS} FROM entities WHERE user = ? AND deleted = 0{filter} ORDER BY seq"
+            );
+            let mut stmt = c.prepare_cached(&sql)?;
+            let params = std::iter::once(user).chain(names);
+            stmt.query_map(rusqlite::params_from_iter(params), row_to_entity)?
+                .collect()
+        })
+        .await
+    }
+
+    async fn changes_since(
+        &self,
+        user: &UserId,
+        since: ChangeSeq,
+        types: Option<&[EntityType]>,
+        limit: usize,
+    ) -> Result<Vec<StoredEntity>> {
+        let (filter, names) = type_filter(types);
+        let user = user.as_str().to_owned();
+        self.read(move |c| {
+            let sql = format!(
+                "SELECT {COLUMNS} FROM entities WHERE user = ? AND seq > ?{filter} ORDER BY seq LIMIT ?"
+            );
+            let mut stmt = c.prepare_cached(&sql)?;
+            let mut values: Vec<rusqlite::types::Value> = vec![user.into(), (since.0 as i64).into()];
+            values.extend(names.into_iter().map(Into::into));
+            values.push((limit.min(i64::MAX as usize) as i64).into());
+            stmt.query_map(rusqlite::params_from_iter(values), row_to_entity)?
+                .collect()
+        })
+        .await
+    }
+
+    async fn status(&self, user: &UserId) -> Result<UserStatus> {
+        let user = user.as_str().to_owned();
+        self.read(move |c| {
+            c.prepare_cached(
+                "SELECT COALESCE(SUM(deleted = 0), 0), MAX(committed_at) FROM entities WHERE user = ?1",
+            )?
+            .query_row([user], |r| {
+                Ok(UserStatus {
+                    entity_count: r.get::<_, i64>(0)? as u64,
+                    last_commit: r.get::<_, Option<i64>>(1)?.map(Clock),
+                })
+            })
+        })
+        .await
+    }
+
+    async fn max_seq(&self) -> Result<ChangeSeq> {
+        self.read(|c| {
+            c.query_row("SELECT COALESCE(MAX(seq), 0) FROM entities", [], |r| {
+                Ok(ChangeSeq(r.get::<_, i64>(0)? as u64))
+            })
+        })
+        .await
+    }
+
+    async fn health(&self) -> Result<()> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = inner.writer.lock().expect("writer poisoned");
+            // A write probe: a read-only or locked file must turn readiness red.
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('health', '1') ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                [],
+            )
+            .map(|_| ())
+            .map_err(unavailable)
+        })
+        .await
+        .map_err(unavailable)?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    crate::conformance_tests!(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("t.db"), SqliteOptions::default()).unwrap();
+        (store, dir)
+    });
+
+    #[tokio::test]
+    async fn deployment_id_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let first = SqliteStore::open(&path, SqliteOptions::default()).unwrap();
+        let id = first.deployment_id().await.unwrap();
+        drop(first);
+        let second = SqliteStore::open(&path, SqliteOptions::default()).unwrap();
+        assert_eq!(second.deployment_id().await.unwrap(), id);
+        assert_eq!(id.len(), 16);
+    }
+
+    #[tokio::test]
+    async fn read_only_file_fails_health() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let store = SqliteStore::open(&path, SqliteOptions::default()).unwrap();
+        store.health().await.unwrap();
+        // Another connection holding the write lock makes the probe fail after busy_timeout.
+        let blocker = Connection::open(&path).unwrap();
+        blocker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+        let fast = SqliteStore::open(
+            &path,
+            SqliteOptions { busy_timeout: Duration::from_millis(50), ..Default::default() },
+        );
+        match fast {
+            Err(StoreError::Unavailable(_)) => {}
+            Ok(s) => assert!(matches!(s.health().await, Err(StoreError::Unavailable(_)))),
+            Err(e) => panic!("unexpected {e}"),
+        }
+        blocker.execute_batch("ROLLBACK").unwrap();
+        store.health().await.unwrap();
+    }
+}
