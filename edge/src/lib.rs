@@ -1,1 +1,123 @@
-//! placeholder
+//! The Legato edge: authenticates clients, validates and stamps their writes, publishes them
+//! to JetStream and answers once they are committed; serves reads from the store.
+//!
+//! [`Application::build`] binds the listeners (port 0 allowed) and connects;
+//! [`Application::run_until_stopped`] serves until the shutdown token is cancelled.
+
+pub mod auth;
+pub mod bus;
+pub mod config;
+pub mod error;
+pub mod http_api;
+pub mod metrics;
+pub mod state;
+
+use anyhow::Context;
+use config::EdgeConfig;
+use hyper_util::service::TowerToHyperService;
+use legato_runtime::admin::Health;
+use prometheus::Registry;
+use state::State;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub struct Application {
+    listener: TcpListener,
+    admin_listener: TcpListener,
+    state: Arc<State>,
+}
+
+impl Application {
+    pub async fn build(config: EdgeConfig) -> anyhow::Result<Application> {
+        config.validate().map_err(anyhow::Error::msg)?;
+        let listener = TcpListener::bind(&config.listen)
+            .await
+            .with_context(|| format!("binding {}", config.listen))?;
+        let admin_listener = TcpListener::bind(&config.admin_listen)
+            .await
+            .with_context(|| format!("binding {}", config.admin_listen))?;
+        let store = legato_runtime::store::open(&config.store, &config.data_dir)
+            .context("opening the store")?;
+        let deployment = store
+            .deployment_id()
+            .await
+            .context("reading the deployment id")?;
+        let client = legato_runtime::nats::connect(&config.nats)
+            .await
+            .context("connecting to NATS")?;
+        let bus = bus::Bus::new(
+            client,
+            Duration::from_millis(config.sync.publish_timeout_ms),
+            Duration::from_millis(config.sync.commit_wait_ms),
+            config.limits.max_envelope_bytes,
+            Duration::from_millis(config.sync.watermark_cache_ms),
+        );
+        let registry = Registry::new();
+        let metrics = metrics::EdgeMetrics::register(&registry).context("registering metrics")?;
+        let state = Arc::new_cyclic(|weak: &std::sync::Weak<State>| {
+            let (bus_state, store_state) = (weak.clone(), weak.clone());
+            let health = Health::new(registry)
+                .check("nats", move || {
+                    let state = bus_state.upgrade();
+                    async move {
+                        match state {
+                            Some(s) => s.bus.ready().await,
+                            None => Err("shutting down".into()),
+                        }
+                    }
+                })
+                .check("store", move || {
+                    let state = store_state.upgrade();
+                    async move {
+                        match state {
+                            Some(s) => s.store.health().await.map_err(|e| e.to_string()),
+                            None => Err("shutting down".into()),
+                        }
+                    }
+                });
+            State {
+                auth: auth::Authenticator::new(&config.auth),
+                config,
+                bus,
+                store,
+                deployment,
+                metrics,
+                health,
+            }
+        });
+        Ok(Application {
+            listener,
+            admin_listener,
+            state,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("bound listener")
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_listener.local_addr().expect("bound listener")
+    }
+
+    /// Serves HTTP and the admin port until `shutdown`, then drains in-flight requests.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let routes = http_api::routes(self.state.clone());
+        let service = TowerToHyperService::new(warp::service(routes));
+        let admin = tokio::spawn(legato_runtime::admin::serve(
+            self.admin_listener,
+            self.state.health.clone(),
+            shutdown.clone(),
+        ));
+        tracing::info!(addr = %self.listener.local_addr()?, "edge listening");
+        legato_runtime::http::serve(self.listener, service, shutdown).await;
+        admin.await.context("admin server task")?;
+        if let Err(e) = self.state.bus.client().drain().await {
+            tracing::debug!(error = %e, "draining the NATS connection");
+        }
+        Ok(())
+    }
+}

@@ -117,7 +117,10 @@ impl Health {
     }
 }
 
-async fn handle(health: Health, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(
+    health: Health,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let answer = if req.method() == hyper::Method::GET {
         health.answer(req.uri().path()).await
     } else {
@@ -129,10 +132,12 @@ async fn handle(health: Health, req: Request<Incoming>) -> Result<Response<Full<
         body: r#"{"success":false,"error":"Not found","code":404}"#.into(),
     });
     let mut response = Response::new(Full::new(Bytes::from(answer.body)));
-    *response.status_mut() = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    response
-        .headers_mut()
-        .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static(answer.content_type));
+    *response.status_mut() =
+        StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(answer.content_type),
+    );
     Ok(response)
 }
 

@@ -17,9 +17,21 @@ pub fn load<T: Serialize + DeserializeOwned + Default>() -> Result<T, Box<figmen
     }
     figment
         .merge(Env::raw().only(&["NATS_URL"]).map(|_| "nats.url".into()))
-        .merge(Env::raw().only(&["JWT_SECRET"]).map(|_| "auth.jwt_secret".into()))
-        .merge(Env::raw().only(&["LEGATO_DATA_DIR"]).map(|_| "data_dir".into()))
-        .merge(Env::prefixed("LEGATO_").ignore(&["CONFIG", "DATA_DIR"]).split("__"))
+        .merge(
+            Env::raw()
+                .only(&["JWT_SECRET"])
+                .map(|_| "auth.jwt_secret".into()),
+        )
+        .merge(
+            Env::raw()
+                .only(&["LEGATO_DATA_DIR"])
+                .map(|_| "data_dir".into()),
+        )
+        .merge(
+            Env::prefixed("LEGATO_")
+                .ignore(&["CONFIG", "DATA_DIR"])
+                .split("__"),
+        )
         .extract()
         .map_err(Box::new)
 }
@@ -129,9 +141,13 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail fixes the closure's error type
     fn layers_apply_in_order_and_secrets_stay_hidden() {
         figment::Jail::expect_with(|jail| {
-            jail.create_file("legato.toml", "[nats]\nurl = \"nats://file:1\"\nname = \"from-file\"\n")?;
+            jail.create_file(
+                "legato.toml",
+                "[nats]\nurl = \"nats://file:1\"\nname = \"from-file\"\n",
+            )?;
             jail.set_env("LEGATO_CONFIG", "legato.toml");
             let s: Sample = load().map_err(|e| e.to_string())?;
             assert_eq!(s.nats.url, "nats://file:1");

@@ -120,9 +120,12 @@ pub async fn ensure_stream(
                 || current.discard != wanted.discard;
             if owned_differs {
                 tracing::info!(stream = %config.name, "updating stream settings");
-                js.update_stream(stream::Config { first_sequence: None, ..config })
-                    .await
-                    .map_err(js_err)?;
+                js.update_stream(stream::Config {
+                    first_sequence: None,
+                    ..config
+                })
+                .await
+                .map_err(js_err)?;
             }
             Ok(existing)
         }
@@ -185,7 +188,10 @@ pub async fn ensure_consumer(
 
 /// The commit watermark: every `SYNC_IN` message at or below it is committed to the store.
 pub async fn ingest_watermark(js: &jetstream::Context) -> Result<u64, BusError> {
-    let stream = js.get_stream_no_info(subject::SYNC_IN_STREAM).await.map_err(js_err)?;
+    let stream = js
+        .get_stream_no_info(subject::SYNC_IN_STREAM)
+        .await
+        .map_err(js_err)?;
     let info = stream
         .consumer_info(subject::INGEST_CONSUMER)
         .await

@@ -7,7 +7,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub fn open(config: &StoreConfig, data_dir: &Path) -> Result<SharedStore, legato_store::StoreError> {
+pub fn open(
+    config: &StoreConfig,
+    data_dir: &Path,
+) -> Result<SharedStore, legato_store::StoreError> {
     match config.backend {
         Backend::Sqlite => {
             let path = config

@@ -68,7 +68,8 @@ impl PushBody {
 }
 
 fn parse_object(body: &[u8]) -> Result<serde_json::Map<String, Value>, BadRequest> {
-    let text = std::str::from_utf8(body).map_err(|e| BadRequest::at("$", format!("body is not UTF-8: {e}")))?;
+    let text = std::str::from_utf8(body)
+        .map_err(|e| BadRequest::at("$", format!("body is not UTF-8: {e}")))?;
     match serde_json::from_str::<Value>(text) {
         Ok(Value::Object(map)) => Ok(map),
         Ok(_) => Err(BadRequest::at("$", "body must be a JSON object")),
@@ -299,20 +300,40 @@ mod tests {
         assert_eq!(parse_push(b"[1]").unwrap_err().details[0].path, "$");
         assert_eq!(parse_push(b"{}").unwrap_err().details[0].path, "changes");
         assert_eq!(
-            parse_push(br#"{"changes":{"entries":{}}}"#).unwrap_err().details[0].path,
+            parse_push(br#"{"changes":{"entries":{}}}"#)
+                .unwrap_err()
+                .details[0]
+                .path,
             "changes.entries"
         );
-        assert_eq!(parse_push(b"{\"changes\":").unwrap_err().message, "Invalid JSON");
-        assert!(parse_push(b"\xff\xfe").unwrap_err().details[0].reason.contains("UTF-8"));
+        assert_eq!(
+            parse_push(b"{\"changes\":").unwrap_err().message,
+            "Invalid JSON"
+        );
+        assert!(
+            parse_push(b"\xff\xfe").unwrap_err().details[0]
+                .reason
+                .contains("UTF-8")
+        );
     }
 
     #[test]
     fn push_groups_keep_unknown_keys() {
-        let body = parse_push(br#"{"changes":{"widgets":[{}],"goals":[{"id":"g"}],"entries":null}}"#).unwrap();
-        let keys: Vec<_> = body.groups.iter().map(|g| (g.key.as_str(), g.entity_type)).collect();
+        let body =
+            parse_push(br#"{"changes":{"widgets":[{}],"goals":[{"id":"g"}],"entries":null}}"#)
+                .unwrap();
+        let keys: Vec<_> = body
+            .groups
+            .iter()
+            .map(|g| (g.key.as_str(), g.entity_type))
+            .collect();
         assert_eq!(
             keys,
-            vec![("entries", Some(EntityType::LogbookEntry)), ("goals", Some(EntityType::Goal)), ("widgets", None)]
+            vec![
+                ("entries", Some(EntityType::LogbookEntry)),
+                ("goals", Some(EntityType::Goal)),
+                ("widgets", None)
+            ]
         );
         assert_eq!(body.item_count(), 2);
     }
@@ -327,7 +348,11 @@ mod tests {
         let outcomes = vec![
             ItemOutcome::Applied { seq: 1 },
             ItemOutcome::Duplicate { seq: 1 },
-            ItemOutcome::Superseded { seq: 3, server_clock: Clock(1750717972797000), server_deleted: false },
+            ItemOutcome::Superseded {
+                seq: 3,
+                server_clock: Clock(1750717972797000),
+                server_deleted: false,
+            },
         ];
         let r = push_response(&sent, &outcomes, vec![], "d.1".into());
         let v = serde_json::to_value(&r).unwrap();

@@ -25,7 +25,8 @@ mod tests {
 
     #[test]
     fn key_order_and_whitespace_do_not_matter() {
-        let a: Value = serde_json::from_str(r#"{ "b": 1, "a": {"y": [1, 2], "x": null} }"#).unwrap();
+        let a: Value =
+            serde_json::from_str(r#"{ "b": 1, "a": {"y": [1, 2], "x": null} }"#).unwrap();
         let b: Value = serde_json::from_str(r#"{"a":{"x":null,"y":[1,2]},"b":1}"#).unwrap();
         assert_eq!(canonical_json(&a), r#"{"a":{"x":null,"y":[1,2]},"b":1}"#);
         assert_eq!(checksum(&a), checksum(&b));
@@ -34,7 +35,10 @@ mod tests {
     #[test]
     fn any_content_change_changes_the_checksum() {
         assert_ne!(checksum(&json!({"a": 1})), checksum(&json!({"a": 2})));
-        assert_ne!(checksum(&json!({"a": [1, 2]})), checksum(&json!({"a": [2, 1]})));
+        assert_ne!(
+            checksum(&json!({"a": [1, 2]})),
+            checksum(&json!({"a": [2, 1]}))
+        );
         assert_eq!(
             checksum(&json!({})),
             "44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"

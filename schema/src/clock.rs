@@ -69,7 +69,11 @@ impl Clock {
         if let Ok(dt) = DateTime::parse_from_rfc3339(s) {
             return Ok(Clock(dt.timestamp_micros()));
         }
-        for fmt in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M"] {
+        for fmt in [
+            "%Y-%m-%dT%H:%M:%S%.f",
+            "%Y-%m-%d %H:%M:%S%.f",
+            "%Y-%m-%dT%H:%M",
+        ] {
             if let Ok(naive) = NaiveDateTime::parse_from_str(s, fmt) {
                 return Ok(Clock(Utc.from_utc_datetime(&naive).timestamp_micros()));
             }
@@ -151,7 +155,10 @@ mod tests {
 
     #[test]
     fn rejects_garbage_and_out_of_range() {
-        assert_eq!(Clock::from_json(&json!("yesterday")), Err(ClockError::Unparseable));
+        assert_eq!(
+            Clock::from_json(&json!("yesterday")),
+            Err(ClockError::Unparseable)
+        );
         assert_eq!(Clock::from_json(&json!(true)), Err(ClockError::Unparseable));
         assert_eq!(Clock::from_json(&json!(-1)), Err(ClockError::OutOfRange));
         assert_eq!(Clock::from_json(&json!(1e300)), Err(ClockError::OutOfRange));
@@ -162,18 +169,40 @@ mod tests {
     #[test]
     fn clamps_future_clocks() {
         let now = Clock(1_000_000);
-        assert_eq!(Clock(1_200_000).clamp_future(now, 300_000), (Clock(1_200_000), false));
-        assert_eq!(Clock(9_000_000).clamp_future(now, 300_000), (Clock(1_300_000), true));
+        assert_eq!(
+            Clock(1_200_000).clamp_future(now, 300_000),
+            (Clock(1_200_000), false)
+        );
+        assert_eq!(
+            Clock(9_000_000).clamp_future(now, 300_000),
+            (Clock(1_300_000), true)
+        );
     }
 
     #[test]
     fn delete_wins_on_equal_clocks_then_checksum() {
-        let live = Version { clock: Clock(5), deleted: false, checksum: "ff".into() };
-        let dead = Version { clock: Clock(5), deleted: true, checksum: "00".into() };
-        let later = Version { clock: Clock(6), deleted: false, checksum: "00".into() };
+        let live = Version {
+            clock: Clock(5),
+            deleted: false,
+            checksum: "ff".into(),
+        };
+        let dead = Version {
+            clock: Clock(5),
+            deleted: true,
+            checksum: "00".into(),
+        };
+        let later = Version {
+            clock: Clock(6),
+            deleted: false,
+            checksum: "00".into(),
+        };
         assert!(dead > live);
         assert!(later > dead);
-        let a = Version { clock: Clock(5), deleted: false, checksum: "0a".into() };
+        let a = Version {
+            clock: Clock(5),
+            deleted: false,
+            checksum: "0a".into(),
+        };
         assert!(live > a);
     }
 

@@ -81,9 +81,21 @@ mod tests {
 
     #[test]
     fn cursor_round_trips_and_rejects_garbage() {
-        let c = Cursor { deployment: "a1b2".into(), seq: ChangeSeq(42) };
+        let c = Cursor {
+            deployment: "a1b2".into(),
+            seq: ChangeSeq(42),
+        };
         assert_eq!(Cursor::parse(&c.to_string()), Ok(c));
-        for bad in ["", "42", ".42", "a1.", "a1.-3", "a.b.c", "x y.1", "a1.99999999999999999999999"] {
+        for bad in [
+            "",
+            "42",
+            ".42",
+            "a1.",
+            "a1.-3",
+            "a.b.c",
+            "x y.1",
+            "a1.99999999999999999999999",
+        ] {
             assert_eq!(Cursor::parse(bad), Err(CursorError), "{bad}");
         }
     }

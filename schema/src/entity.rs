@@ -54,7 +54,9 @@ impl EntityType {
     }
 
     pub fn from_collection_key(key: &str) -> Option<EntityType> {
-        EntityType::ALL.into_iter().find(|t| t.collection_key() == key)
+        EntityType::ALL
+            .into_iter()
+            .find(|t| t.collection_key() == key)
     }
 }
 

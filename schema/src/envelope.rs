@@ -131,7 +131,10 @@ mod tests {
                 deleted_at: None,
                 checksum: "00".into(),
             }],
-            idempotency: Some(IdempotencyRef { key: "k".into(), request_hash: "h".into() }),
+            idempotency: Some(IdempotencyRef {
+                key: "k".into(),
+                request_hash: "h".into(),
+            }),
         }
     }
 
@@ -145,13 +148,21 @@ mod tests {
     fn refuses_other_versions_and_garbage() {
         let mut e = envelope();
         e.v = 2;
-        assert_eq!(decode::<IngestEnvelope>(&encode(&e)), Err(EnvelopeError::Version(2)));
+        assert_eq!(
+            decode::<IngestEnvelope>(&encode(&e)),
+            Err(EnvelopeError::Version(2))
+        );
         assert!(matches!(
             decode::<IngestEnvelope>(b"\x93not an envelope"),
             Err(EnvelopeError::Malformed(_))
         ));
         // a valid map of the wrong shape
-        let reply = CommitReply { v: 1, request_id: "r".into(), message_seq: 1, outcomes: vec![] };
+        let reply = CommitReply {
+            v: 1,
+            request_id: "r".into(),
+            message_seq: 1,
+            outcomes: vec![],
+        };
         assert!(matches!(
             decode::<IngestEnvelope>(&encode(&reply)),
             Err(EnvelopeError::Malformed(_))

@@ -102,7 +102,10 @@ mod tests {
         assert!(UserId::parse("user_abc").is_ok());
         assert_eq!(UserId::parse(""), Err(IdError::Empty("user id")));
         assert!(UserId::parse("x".repeat(128)).is_ok());
-        assert!(matches!(UserId::parse("x".repeat(129)), Err(IdError::TooLong { .. })));
+        assert!(matches!(
+            UserId::parse("x".repeat(129)),
+            Err(IdError::TooLong { .. })
+        ));
         assert!(matches!(UserId::parse("a\nb"), Err(IdError::Control(_))));
     }
 

@@ -179,7 +179,10 @@ mod tests {
         assert_eq!(push(json!([1])), Err(ItemError::NotAnObject));
         assert_eq!(push(json!({"id":""})), Err(ItemError::MissingId));
         assert_eq!(push(json!({"id":7})), Err(ItemError::MissingId));
-        assert_eq!(push(json!({"id":"x".repeat(257)})), Err(ItemError::IdTooLong));
+        assert_eq!(
+            push(json!({"id":"x".repeat(257)})),
+            Err(ItemError::IdTooLong)
+        );
         assert_eq!(
             push(json!({"id":"e","updatedAt":"soon"})),
             Err(ItemError::BadDate("updatedAt"))
@@ -191,7 +194,10 @@ mod tests {
     #[test]
     fn unknown_fields_are_kept_and_checksummed() {
         let p = push(json!({"id":"e1","scoreId":"s","measures":"1-16"})).unwrap();
-        assert_eq!(p.item.payload, r#"{"id":"e1","measures":"1-16","scoreId":"s"}"#);
+        assert_eq!(
+            p.item.payload,
+            r#"{"id":"e1","measures":"1-16","scoreId":"s"}"#
+        );
         let q = push(json!({"measures":"1-16","scoreId":"s","id":"e1"})).unwrap();
         assert_eq!(p.item.checksum, q.item.checksum);
     }

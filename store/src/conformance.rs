@@ -56,7 +56,13 @@ fn fresh_seq() -> u64 {
     base + NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
-pub fn item(t: EntityType, id: &str, clock: i64, deleted: bool, body: serde_json::Value) -> WriteItem {
+pub fn item(
+    t: EntityType,
+    id: &str,
+    clock: i64,
+    deleted: bool,
+    body: serde_json::Value,
+) -> WriteItem {
     let mut payload = json!({ "id": id, "body": body });
     if deleted {
         payload["deletedAt"] = json!(clock / 1000);
@@ -81,7 +87,11 @@ fn tombstone(id: &str, clock: i64) -> WriteItem {
 }
 
 /// Applies one message's items and returns their outcomes and the message sequence.
-pub async fn apply_one(store: &dyn Store, user: &UserId, items: Vec<WriteItem>) -> (Vec<ItemOutcome>, u64) {
+pub async fn apply_one(
+    store: &dyn Store,
+    user: &UserId,
+    items: Vec<WriteItem>,
+) -> (Vec<ItemOutcome>, u64) {
     let message_seq = fresh_seq();
     let mut out = store
         .apply(
@@ -100,14 +110,22 @@ pub async fn apply_one(store: &dyn Store, user: &UserId, items: Vec<WriteItem>) 
 }
 
 async fn get(store: &dyn Store, user: &UserId, id: &str) -> Option<StoredEntity> {
-    store.get(user, EntityType::LogbookEntry, id).await.expect("get")
+    store
+        .get(user, EntityType::LogbookEntry, id)
+        .await
+        .expect("get")
 }
 
 pub async fn applied_write_is_readable(store: &dyn Store) {
     let user = fresh_user("read");
     let w = entry("e1", 1_000, "hello");
     let (out, msg) = apply_one(store, &user, vec![w.clone()]).await;
-    assert_eq!(out, vec![ItemOutcome::Applied { seq: ChangeSeq::new(msg, 0).0 }]);
+    assert_eq!(
+        out,
+        vec![ItemOutcome::Applied {
+            seq: ChangeSeq::new(msg, 0).0
+        }]
+    );
     let got = get(store, &user, "e1").await.expect("stored");
     assert_eq!(got.payload, w.payload);
     assert_eq!(got.version(), w.version());
@@ -134,20 +152,37 @@ pub async fn lww_outcomes_follow_the_contract_order(store: &dyn Store) {
     );
     // the same write again is a duplicate with the stored seq
     let (out, _) = apply_one(store, &user, vec![entry("e", 2_000, "v2")]).await;
-    assert_eq!(out, vec![ItemOutcome::Duplicate { seq: ChangeSeq::new(m1, 0).0 }]);
+    assert_eq!(
+        out,
+        vec![ItemOutcome::Duplicate {
+            seq: ChangeSeq::new(m1, 0).0
+        }]
+    );
     // equal clock, different content: the higher checksum wins, whichever comes first
     let a = entry("e", 2_000, "a");
     let b = entry("e", 2_000, "b");
-    let (hi, lo) = if a.checksum > b.checksum { (a, b) } else { (b, a) };
+    let (hi, lo) = if a.checksum > b.checksum {
+        (a, b)
+    } else {
+        (b, a)
+    };
     let v2 = entry("e", 2_000, "v2");
     let expect_hi_applies = hi.checksum > v2.checksum;
     let (out, _) = apply_one(store, &user, vec![hi.clone()]).await;
-    assert_eq!(matches!(out[0], ItemOutcome::Applied { .. }), expect_hi_applies);
+    assert_eq!(
+        matches!(out[0], ItemOutcome::Applied { .. }),
+        expect_hi_applies
+    );
     let (out, _) = apply_one(store, &user, vec![lo.clone()]).await;
     assert!(matches!(out[0], ItemOutcome::Superseded { .. }));
     // newer clock wins
     let (out, m5) = apply_one(store, &user, vec![entry("e", 3_000, "v3")]).await;
-    assert_eq!(out, vec![ItemOutcome::Applied { seq: ChangeSeq::new(m5, 0).0 }]);
+    assert_eq!(
+        out,
+        vec![ItemOutcome::Applied {
+            seq: ChangeSeq::new(m5, 0).0
+        }]
+    );
     assert_eq!(get(store, &user, "e").await.unwrap().clock, Clock(3_000));
 }
 
@@ -162,7 +197,13 @@ pub async fn tombstones_take_part_in_lww(store: &dyn Store) {
     assert_eq!(stored.deleted_at, Some(Clock(1_000)));
     // an older or equal-clock live write does not resurrect
     let (out, _) = apply_one(store, &user, vec![entry("e", 1_000, "zzz")]).await;
-    assert!(matches!(out[0], ItemOutcome::Superseded { server_deleted: true, .. }));
+    assert!(matches!(
+        out[0],
+        ItemOutcome::Superseded {
+            server_deleted: true,
+            ..
+        }
+    ));
     assert!(store.snapshot(&user, None).await.unwrap().is_empty());
     // a tombstone for an id never seen is recorded and beats a late older create
     apply_one(store, &user, vec![tombstone("ghost", 5_000)]).await;
@@ -173,9 +214,15 @@ pub async fn tombstones_take_part_in_lww(store: &dyn Store) {
     let (out, _) = apply_one(store, &user, vec![entry("e", 9_000, "back")]).await;
     assert!(matches!(out[0], ItemOutcome::Applied { .. }));
     let snap = store.snapshot(&user, None).await.unwrap();
-    assert_eq!(snap.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), vec!["e"]);
+    assert_eq!(
+        snap.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+        vec!["e"]
+    );
     // changes include tombstones
-    let changes = store.changes_since(&user, ChangeSeq(0), None, 100).await.unwrap();
+    let changes = store
+        .changes_since(&user, ChangeSeq(0), None, 100)
+        .await
+        .unwrap();
     assert!(changes.iter().any(|c| c.id == "ghost" && c.deleted));
 }
 
@@ -210,8 +257,16 @@ pub async fn redelivered_message_reports_its_own_seq(store: &dyn Store) {
     let user = fresh_user("redeliver");
     let items = vec![entry("a", 1_000, "a"), entry("b", 1_000, "b")];
     let message_seq = fresh_seq();
-    let writes = MessageWrites { user: user.clone(), message_seq, device_id: None, items };
-    let first = store.apply(vec![writes.clone()], Clock::now()).await.unwrap();
+    let writes = MessageWrites {
+        user: user.clone(),
+        message_seq,
+        device_id: None,
+        items,
+    };
+    let first = store
+        .apply(vec![writes.clone()], Clock::now())
+        .await
+        .unwrap();
     let again = store.apply(vec![writes], Clock::now()).await.unwrap();
     for (i, (f, a)) in first[0].iter().zip(&again[0]).enumerate() {
         let seq = ChangeSeq::new(message_seq, i).0;
@@ -229,15 +284,33 @@ pub async fn changes_since_pages_in_seq_order(store: &dyn Store) {
     }
     // rewriting e0 moves it to the end
     let (_, m) = apply_one(store, &user, vec![entry("e0", 2_000, "y")]).await;
-    let all = store.changes_since(&user, ChangeSeq(0), None, 100).await.unwrap();
+    let all = store
+        .changes_since(&user, ChangeSeq(0), None, 100)
+        .await
+        .unwrap();
     let ids: Vec<_> = all.iter().map(|e| e.id.as_str()).collect();
     assert_eq!(ids, vec!["e1", "e2", "e3", "e4", "e0"]);
     assert_eq!(all.last().unwrap().seq, ChangeSeq::new(m, 0));
     let page = store.changes_since(&user, seqs[1], None, 2).await.unwrap();
-    assert_eq!(page.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), vec!["e2", "e3"]);
-    let rest = store.changes_since(&user, page[1].seq, None, 100).await.unwrap();
-    assert_eq!(rest.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), vec!["e4", "e0"]);
-    assert!(store.changes_since(&user, ChangeSeq::new(m, 0), None, 100).await.unwrap().is_empty());
+    assert_eq!(
+        page.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+        vec!["e2", "e3"]
+    );
+    let rest = store
+        .changes_since(&user, page[1].seq, None, 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        rest.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+        vec!["e4", "e0"]
+    );
+    assert!(
+        store
+            .changes_since(&user, ChangeSeq::new(m, 0), None, 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 pub async fn type_filters_apply(store: &dyn Store) {
@@ -252,17 +325,33 @@ pub async fn type_filters_apply(store: &dyn Store) {
         ],
     )
     .await;
-    let goals = store.snapshot(&user, Some(&[EntityType::Goal])).await.unwrap();
+    let goals = store
+        .snapshot(&user, Some(&[EntityType::Goal]))
+        .await
+        .unwrap();
     assert_eq!(goals.len(), 1);
     assert_eq!(goals[0].entity_type, EntityType::Goal);
     let some = store
-        .changes_since(&user, ChangeSeq(0), Some(&[EntityType::Goal, EntityType::RepertoireItem]), 10)
+        .changes_since(
+            &user,
+            ChangeSeq(0),
+            Some(&[EntityType::Goal, EntityType::RepertoireItem]),
+            10,
+        )
         .await
         .unwrap();
     assert_eq!(some.len(), 2);
-    assert!(some.iter().all(|e| e.entity_type != EntityType::LogbookEntry));
+    assert!(
+        some.iter()
+            .all(|e| e.entity_type != EntityType::LogbookEntry)
+    );
     // the same id under two types is two entities
-    apply_one(store, &user, vec![item(EntityType::Goal, "e1", 1, false, json!(2))]).await;
+    apply_one(
+        store,
+        &user,
+        vec![item(EntityType::Goal, "e1", 1, false, json!(2))],
+    )
+    .await;
     assert_eq!(store.snapshot(&user, None).await.unwrap().len(), 4);
 }
 
@@ -275,7 +364,13 @@ pub async fn users_are_isolated(store: &dyn Store) {
     for other in [&b, &c] {
         assert!(get(store, other, "secret").await.is_none());
         assert!(store.snapshot(other, None).await.unwrap().is_empty());
-        assert!(store.changes_since(other, ChangeSeq(0), None, 10).await.unwrap().is_empty());
+        assert!(
+            store
+                .changes_since(other, ChangeSeq(0), None, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
         assert_eq!(store.status(other).await.unwrap().entity_count, 0);
     }
     // the same entity id for another user is another entity
@@ -286,7 +381,12 @@ pub async fn users_are_isolated(store: &dyn Store) {
 pub async fn status_counts_live_entities(store: &dyn Store) {
     let user = fresh_user("status");
     assert_eq!(store.status(&user).await.unwrap(), Default::default());
-    apply_one(store, &user, vec![entry("a", 1, "x"), entry("b", 1, "x"), tombstone("c", 1)]).await;
+    apply_one(
+        store,
+        &user,
+        vec![entry("a", 1, "x"), entry("b", 1, "x"), tombstone("c", 1)],
+    )
+    .await;
     let status = store.status(&user).await.unwrap();
     assert_eq!(status.entity_count, 2);
     let last = status.last_commit.expect("last commit");
@@ -305,17 +405,42 @@ pub async fn several_messages_in_one_batch(store: &dyn Store) {
     let out = store
         .apply(
             vec![
-                MessageWrites { user: u1.clone(), message_seq: s1, device_id: None, items: vec![entry("e", 5, "new")] },
-                MessageWrites { user: u2.clone(), message_seq: s2, device_id: None, items: vec![entry("e", 1, "x")] },
-                MessageWrites { user: u1.clone(), message_seq: s2 + 1, device_id: None, items: vec![entry("e", 4, "old")] },
+                MessageWrites {
+                    user: u1.clone(),
+                    message_seq: s1,
+                    device_id: None,
+                    items: vec![entry("e", 5, "new")],
+                },
+                MessageWrites {
+                    user: u2.clone(),
+                    message_seq: s2,
+                    device_id: None,
+                    items: vec![entry("e", 1, "x")],
+                },
+                MessageWrites {
+                    user: u1.clone(),
+                    message_seq: s2 + 1,
+                    device_id: None,
+                    items: vec![entry("e", 4, "old")],
+                },
             ],
             Clock::now(),
         )
         .await
         .unwrap();
     assert_eq!(out.len(), 3);
-    assert_eq!(out[0], vec![ItemOutcome::Applied { seq: ChangeSeq::new(s1, 0).0 }]);
-    assert_eq!(out[1], vec![ItemOutcome::Applied { seq: ChangeSeq::new(s2, 0).0 }]);
+    assert_eq!(
+        out[0],
+        vec![ItemOutcome::Applied {
+            seq: ChangeSeq::new(s1, 0).0
+        }]
+    );
+    assert_eq!(
+        out[1],
+        vec![ItemOutcome::Applied {
+            seq: ChangeSeq::new(s2, 0).0
+        }]
+    );
     assert!(matches!(out[2][0], ItemOutcome::Superseded { .. }));
     assert_eq!(get(store, &u1, "e").await.unwrap().clock, Clock(5));
 }

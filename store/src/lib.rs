@@ -88,8 +88,12 @@ pub trait Store: Send + Sync + 'static {
         committed_at: Clock,
     ) -> Result<Vec<Vec<ItemOutcome>>>;
 
-    async fn get(&self, user: &UserId, entity_type: EntityType, id: &str)
-    -> Result<Option<StoredEntity>>;
+    async fn get(
+        &self,
+        user: &UserId,
+        entity_type: EntityType,
+        id: &str,
+    ) -> Result<Option<StoredEntity>>;
 
     /// Every live entity of the user (of `types`, if given), ordered by sequence.
     async fn snapshot(

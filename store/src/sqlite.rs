@@ -105,7 +105,9 @@ impl SqliteStore {
             )
             .map_err(unavailable)?;
         let deployment: String = writer
-            .query_row("SELECT value FROM meta WHERE key = 'deployment'", [], |r| r.get(0))
+            .query_row("SELECT value FROM meta WHERE key = 'deployment'", [], |r| {
+                r.get(0)
+            })
             .map_err(unavailable)?;
         Ok(SqliteStore {
             inner: Arc::new(Inner {
@@ -151,15 +153,18 @@ fn open_connection(path: &Path, options: &SqliteOptions, read_only: bool) -> Res
             | OpenFlags::SQLITE_OPEN_NO_MUTEX
     };
     let conn = Connection::open_with_flags(path, flags).map_err(unavailable)?;
-    conn.busy_timeout(options.busy_timeout).map_err(unavailable)?;
+    conn.busy_timeout(options.busy_timeout)
+        .map_err(unavailable)?;
     if !read_only {
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(unavailable)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(unavailable)?;
     }
     let sync = match options.synchronous {
         Synchronous::Full => "FULL",
         Synchronous::Normal => "NORMAL",
     };
-    conn.pragma_update(None, "synchronous", sync).map_err(unavailable)?;
+    conn.pragma_update(None, "synchronous", sync)
+        .map_err(unavailable)?;
     Ok(conn)
 }
 
@@ -228,7 +233,11 @@ fn apply_blocking(
                 }
                 let (clock, deleted, stored_seq, checksum): (i64, bool, i64, String) = current
                     .query_row(
-                        params![message.user.as_str(), item.entity_type.as_str(), item.id.as_str()],
+                        params![
+                            message.user.as_str(),
+                            item.entity_type.as_str(),
+                            item.id.as_str()
+                        ],
                         |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
                     )?;
                 // The upsert changed nothing, so the stored version is >= this write.
@@ -236,7 +245,9 @@ fn apply_blocking(
                     && deleted == item.deleted
                     && checksum == item.checksum;
                 outcomes.push(if identical {
-                    ItemOutcome::Duplicate { seq: stored_seq as u64 }
+                    ItemOutcome::Duplicate {
+                        seq: stored_seq as u64,
+                    }
                 } else {
                     ItemOutcome::Superseded {
                         seq: stored_seq as u64,
@@ -410,7 +421,10 @@ mod tests {
         blocker.execute_batch("BEGIN EXCLUSIVE").unwrap();
         let fast = SqliteStore::open(
             &path,
-            SqliteOptions { busy_timeout: Duration::from_millis(50), ..Default::default() },
+            SqliteOptions {
+                busy_timeout: Duration::from_millis(50),
+                ..Default::default()
+            },
         );
         match fast {
             Err(StoreError::Unavailable(_)) => {}

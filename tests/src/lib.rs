@@ -1,1 +1,253 @@
-//! placeholder
+//! The end-to-end harness: a real `nats-server` per test (random port, temporary store
+//! directory, killed on drop) and the real edge, ingest and fanout applications running
+//! in-process on port 0 over a temporary SQLite file.
+
+pub mod nats_server;
+
+use legato_edge::config::EdgeConfig;
+use legato_ingest::config::IngestConfig;
+use legato_runtime::config::{NatsConfig, Secret, SqliteSync, StoreConfig};
+use serde_json::Value;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tempfile::TempDir;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use nats_server::NatsServer;
+
+pub const SECRET: &str = "legato-test-secret";
+
+/// Logs go through libtest's capture, so they show only for failing tests.
+pub fn init_test_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}
+
+/// Polls `condition` until it returns `Some`, or panics with `what` after `timeout`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut condition: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = condition().await {
+            return value;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// One running in-process service.
+pub struct Service {
+    pub admin: SocketAddr,
+    pub token: CancellationToken,
+    pub task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Service {
+    pub async fn stop(self) {
+        self.token.cancel();
+        self.task
+            .await
+            .expect("service task")
+            .expect("service result");
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct PipelineOptions {
+    pub ingest_workers: usize,
+    pub commit_wait_ms: u64,
+}
+
+impl Default for PipelineOptions {
+    fn default() -> Self {
+        PipelineOptions {
+            ingest_workers: 1,
+            commit_wait_ms: 5_000,
+        }
+    }
+}
+
+/// nats-server + edge + ingest worker(s) + fanout worker, all real.
+pub struct Pipeline {
+    pub nats: NatsServer,
+    pub data_dir: TempDir,
+    pub edge_addr: SocketAddr,
+    pub edge: Service,
+    pub ingest: Vec<Service>,
+    pub fanout: Service,
+    pub http: reqwest::Client,
+}
+
+fn store_config(dir: &TempDir) -> StoreConfig {
+    let mut store = StoreConfig::default();
+    store.sqlite.path = Some(dir.path().join("legato.db"));
+    // Tests do not survive power loss; NORMAL still survives a process crash.
+    store.sqlite.synchronous = SqliteSync::Normal;
+    store
+}
+
+fn nats_config(nats: &NatsServer, name: &str) -> NatsConfig {
+    NatsConfig {
+        url: nats.url(),
+        name: name.into(),
+        connect_timeout_ms: 1_000,
+    }
+}
+
+impl Pipeline {
+    pub async fn start(options: PipelineOptions) -> Pipeline {
+        init_test_tracing();
+        let nats = NatsServer::start();
+        let data_dir = tempfile::tempdir().expect("temp dir");
+        let mut ingest = Vec::new();
+        for n in 0..options.ingest_workers {
+            ingest.push(Self::spawn_ingest(&nats, &data_dir, n).await);
+        }
+        let fanout = {
+            let config = legato_fanout::FanoutConfig {
+                admin_listen: "127.0.0.1:0".into(),
+                nats: nats_config(&nats, "test-fanout"),
+                ..Default::default()
+            };
+            let app = legato_fanout::Application::build(config)
+                .await
+                .expect("fanout build");
+            let admin = app.admin_addr();
+            let token = CancellationToken::new();
+            let task = tokio::spawn(app.run_until_stopped(token.clone()));
+            Service { admin, token, task }
+        };
+        let mut config = EdgeConfig {
+            listen: "127.0.0.1:0".into(),
+            admin_listen: "127.0.0.1:0".into(),
+            data_dir: data_dir.path().to_path_buf(),
+            nats: nats_config(&nats, "test-edge"),
+            store: store_config(&data_dir),
+            ..EdgeConfig::default()
+        };
+        config.auth.jwt_secret = Secret::new(SECRET);
+        config.sync.commit_wait_ms = options.commit_wait_ms;
+        let app = legato_edge::Application::build(config)
+            .await
+            .expect("edge build");
+        let edge_addr = app.local_addr();
+        let admin = app.admin_addr();
+        let token = CancellationToken::new();
+        let task = tokio::spawn(app.run_until_stopped(token.clone()));
+        let pipeline = Pipeline {
+            nats,
+            data_dir,
+            edge_addr,
+            edge: Service { admin, token, task },
+            ingest,
+            fanout,
+            http: reqwest::Client::new(),
+        };
+        pipeline.wait_ready().await;
+        pipeline
+    }
+
+    pub async fn spawn_ingest(nats: &NatsServer, data_dir: &TempDir, n: usize) -> Service {
+        let config = IngestConfig {
+            admin_listen: "127.0.0.1:0".into(),
+            data_dir: data_dir.path().to_path_buf(),
+            nats: nats_config(nats, &format!("test-ingest-{n}")),
+            store: store_config(data_dir),
+            ..IngestConfig::default()
+        };
+        let app = legato_ingest::Application::build(config)
+            .await
+            .expect("ingest build");
+        let admin = app.admin_addr();
+        let token = CancellationToken::new();
+        let task = tokio::spawn(app.run_until_stopped(token.clone()));
+        Service { admin, token, task }
+    }
+
+    /// Waits until the edge and every worker answer `/readyz` with 200.
+    pub async fn wait_ready(&self) {
+        let mut admins = vec![self.edge.admin, self.fanout.admin];
+        admins.extend(self.ingest.iter().map(|s| s.admin));
+        for admin in admins {
+            let http = self.http.clone();
+            wait_for(&format!("{admin} ready"), Duration::from_secs(20), || {
+                let http = http.clone();
+                async move {
+                    let r = http
+                        .get(format!("http://{admin}/readyz"))
+                        .send()
+                        .await
+                        .ok()?;
+                    (r.status() == 200).then_some(())
+                }
+            })
+            .await;
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.edge_addr, path)
+    }
+
+    pub fn token(user: &str) -> String {
+        legato_edge::auth::issue_token(SECRET, user, 3600)
+    }
+
+    /// POSTs JSON as `user` and returns the status and the parsed body.
+    pub async fn post(&self, user: &str, path: &str, body: &Value) -> (u16, Value) {
+        let response = self
+            .http
+            .post(self.url(path))
+            .bearer_auth(Self::token(user))
+            .json(body)
+            .send()
+            .await
+            .expect("request");
+        let status = response.status().as_u16();
+        let text = response.text().await.expect("body");
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    pub async fn push(&self, user: &str, body: &Value) -> (u16, Value) {
+        self.post(user, "/api/sync/push", body).await
+    }
+
+    pub async fn pull(&self, user: &str, body: &Value) -> (u16, Value) {
+        self.post(user, "/api/sync/pull", body).await
+    }
+
+    pub async fn get(&self, user: &str, path: &str) -> (u16, Value) {
+        let response = self
+            .http
+            .get(self.url(path))
+            .bearer_auth(Self::token(user))
+            .send()
+            .await
+            .expect("request");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn shutdown(self) {
+        self.edge.stop().await;
+        for worker in self.ingest {
+            worker.stop().await;
+        }
+        self.fanout.stop().await;
+    }
+}

@@ -1,0 +1,294 @@
+//! The edge's side of the bus: publishing a request's writes to `SYNC_IN`, waiting for the
+//! JetStream ack (durable) and then for the commit reply, and reading the commit watermark.
+
+use async_nats::jetstream::{self, message::PublishMessage};
+use bytes::Bytes;
+use futures::StreamExt;
+use legato_schema::envelope::{
+    self, CommitReply, ENVELOPE_VERSION, IdempotencyRef, IngestEnvelope, ItemOutcome, RequestKind,
+};
+use legato_schema::write::WriteItem;
+use legato_schema::{ChangeSeq, Clock, DeviceId, UserId, subject};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BusError {
+    #[error("broker unavailable")]
+    Unavailable,
+    #[error("broker refused the write")]
+    Refused,
+}
+
+/// What became of a submitted request.
+#[derive(Debug)]
+pub enum Submission {
+    /// Every item is committed; outcomes in item order.
+    Committed(Vec<ItemOutcome>),
+    /// Durable in `SYNC_IN`, not committed within the wait.
+    Pending,
+}
+
+pub struct Request {
+    pub user: UserId,
+    pub device_id: Option<DeviceId>,
+    pub session_id: Option<String>,
+    pub kind: RequestKind,
+    pub received_at: Clock,
+    pub items: Vec<WriteItem>,
+    pub idempotency: Option<IdempotencyRef>,
+}
+
+pub struct Bus {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    commit_wait: Duration,
+    max_envelope_bytes: usize,
+    watermark: Mutex<Option<(Instant, u64)>>,
+    watermark_ttl: Duration,
+}
+
+pub struct Timings {
+    pub ack: Duration,
+    pub commit: Option<Duration>,
+}
+
+impl Bus {
+    pub fn new(
+        client: async_nats::Client,
+        publish_timeout: Duration,
+        commit_wait: Duration,
+        max_envelope_bytes: usize,
+        watermark_ttl: Duration,
+    ) -> Bus {
+        let js = jetstream::ContextBuilder::new()
+            .timeout(publish_timeout)
+            .build(client.clone());
+        Bus {
+            client,
+            js,
+            commit_wait,
+            max_envelope_bytes,
+            watermark: Mutex::new(None),
+            watermark_ttl,
+        }
+    }
+
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.js
+    }
+
+    /// Publishes the request (as one envelope, or several when it exceeds the message size),
+    /// waits for every JetStream ack, then for every commit reply up to the commit wait.
+    pub async fn submit(&self, request: Request) -> Result<(Submission, Timings), BusError> {
+        if !legato_runtime::nats::is_connected(&self.client) {
+            return Err(BusError::Unavailable);
+        }
+        let started = Instant::now();
+        let base = uuid::Uuid::new_v4().simple().to_string();
+        let parts = split(request.items, self.max_envelope_bytes);
+        // Subscribe before publishing so no reply can be missed.
+        let mut replies = self
+            .client
+            .subscribe(format!("{}.>", subject::done(&base)))
+            .await
+            .map_err(|_| BusError::Unavailable)?;
+        let subject = subject::ingest(&request.user);
+        let mut acks = Vec::with_capacity(parts.len());
+        for (n, items) in parts.iter().enumerate() {
+            let request_id = format!("{base}.{n}");
+            let env = IngestEnvelope {
+                v: ENVELOPE_VERSION,
+                request_id: request_id.clone(),
+                user: request.user.clone(),
+                device_id: request.device_id.clone(),
+                session_id: request.session_id.clone(),
+                kind: request.kind,
+                received_at: request.received_at,
+                items: items.clone(),
+                idempotency: request.idempotency.clone(),
+            };
+            let publish = PublishMessage::build()
+                .payload(Bytes::from(envelope::encode(&env)))
+                .message_id(request_id);
+            let ack = self
+                .js
+                .send_publish(subject.clone(), publish)
+                .await
+                .map_err(|e| {
+                    tracing::warn!(error = %e, "publish to SYNC_IN failed");
+                    BusError::Unavailable
+                })?;
+            acks.push(ack);
+        }
+        for ack in
+            futures::future::join_all(acks.into_iter().map(std::future::IntoFuture::into_future))
+                .await
+        {
+            ack.map_err(|e| {
+                tracing::warn!(error = %e, "SYNC_IN did not acknowledge");
+                match e.kind() {
+                    jetstream::context::PublishErrorKind::StreamNotFound
+                    | jetstream::context::PublishErrorKind::TimedOut
+                    | jetstream::context::PublishErrorKind::BrokenPipe => BusError::Unavailable,
+                    _ => BusError::Refused,
+                }
+            })?;
+        }
+        let ack = started.elapsed();
+        let mut outcomes: Vec<Option<Vec<ItemOutcome>>> = vec![None; parts.len()];
+        let mut missing = parts.len();
+        let deadline = tokio::time::Instant::now() + self.commit_wait;
+        while missing > 0 {
+            let message = match tokio::time::timeout_at(deadline, replies.next()).await {
+                Ok(Some(message)) => message,
+                Ok(None) | Err(_) => break,
+            };
+            let Ok(reply) = envelope::decode::<CommitReply>(&message.payload) else {
+                tracing::warn!(subject = %message.subject, "undecodable commit reply");
+                continue;
+            };
+            let index = reply
+                .request_id
+                .rsplit_once('.')
+                .and_then(|(b, n)| (b == base).then(|| n.parse::<usize>().ok()).flatten());
+            if let Some(slot) = index.and_then(|i| outcomes.get_mut(i))
+                && slot.is_none()
+            {
+                *slot = Some(reply.outcomes);
+                missing -= 1;
+            }
+        }
+        let _ = replies.unsubscribe().await;
+        if missing > 0 {
+            return Ok((Submission::Pending, Timings { ack, commit: None }));
+        }
+        let all = outcomes.into_iter().flatten().flatten().collect();
+        Ok((
+            Submission::Committed(all),
+            Timings {
+                ack,
+                commit: Some(started.elapsed()),
+            },
+        ))
+    }
+
+    /// The commit watermark as a change sequence, cached for a few ms (a stale one is safe).
+    pub async fn watermark(&self) -> Result<ChangeSeq, BusError> {
+        if let Some((at, w)) = *self.watermark.lock().expect("watermark lock")
+            && at.elapsed() < self.watermark_ttl
+        {
+            return Ok(ChangeSeq::through_message(w));
+        }
+        if !legato_runtime::nats::is_connected(&self.client) {
+            return Err(BusError::Unavailable);
+        }
+        let w = legato_runtime::nats::ingest_watermark(&self.js)
+            .await
+            .map_err(|_| BusError::Unavailable)?;
+        let mut cached = self.watermark.lock().expect("watermark lock");
+        // Never hand out a smaller watermark than one already seen by this edge.
+        let w = cached.map_or(w, |(_, old)| old.max(w));
+        *cached = Some((Instant::now(), w));
+        Ok(ChangeSeq::through_message(w))
+    }
+
+    /// Requests of this user accepted into `SYNC_IN` and not yet committed.
+    pub async fn pending_requests(&self, user: &UserId) -> Result<u64, BusError> {
+        if !legato_runtime::nats::is_connected(&self.client) {
+            return Err(BusError::Unavailable);
+        }
+        let subject = subject::ingest(user);
+        let stream = self
+            .js
+            .get_stream_no_info(subject::SYNC_IN_STREAM)
+            .await
+            .map_err(|_| BusError::Unavailable)?;
+        let mut info = stream
+            .info_with_subjects(subject.clone())
+            .await
+            .map_err(|_| BusError::Unavailable)?;
+        let mut total = 0;
+        while let Some(entry) = info.next().await {
+            let (name, count) = entry.map_err(|_| BusError::Unavailable)?;
+            if name == subject {
+                total += count as u64;
+            }
+        }
+        Ok(total)
+    }
+
+    /// Whether `SYNC_IN` exists (the workers provision it).
+    pub async fn ready(&self) -> Result<(), String> {
+        if !legato_runtime::nats::is_connected(&self.client) {
+            return Err("not connected".into());
+        }
+        self.js
+            .get_stream_no_info(subject::SYNC_IN_STREAM)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())?;
+        legato_runtime::nats::ingest_watermark(&self.js)
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("ingest consumer: {e}"))
+    }
+}
+
+/// Packs items into parts whose payloads stay under `max_bytes`, keeping order.
+fn split(items: Vec<WriteItem>, max_bytes: usize) -> Vec<Vec<WriteItem>> {
+    const OVERHEAD: usize = 256;
+    let mut parts = vec![Vec::new()];
+    let mut size = 0;
+    for item in items {
+        let item_size =
+            item.payload.len() + item.id.as_str().len() + item.checksum.len() + OVERHEAD;
+        let current = parts.last_mut().expect("at least one part");
+        if !current.is_empty() && size + item_size > max_bytes {
+            parts.push(vec![item]);
+            size = item_size;
+        } else {
+            current.push(item);
+            size += item_size;
+        }
+    }
+    parts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use legato_schema::{EntityId, EntityType};
+
+    fn item(n: usize, bytes: usize) -> WriteItem {
+        WriteItem {
+            entity_type: EntityType::Goal,
+            id: EntityId::parse(format!("g{n}")).unwrap(),
+            payload: "x".repeat(bytes),
+            clock: Clock(1),
+            deleted: false,
+            deleted_at: None,
+            checksum: "0".repeat(64),
+        }
+    }
+
+    #[test]
+    fn split_keeps_order_and_bounds() {
+        let items: Vec<_> = (0..10).map(|n| item(n, 300_000)).collect();
+        let parts = split(items, 960 * 1024);
+        assert_eq!(parts.len(), 4);
+        let ids: Vec<_> = parts.iter().flatten().map(|i| i.id.to_string()).collect();
+        assert_eq!(ids, (0..10).map(|n| format!("g{n}")).collect::<Vec<_>>());
+        for p in &parts {
+            let size: usize = p.iter().map(|i| i.payload.len() + 512).sum();
+            assert!(size <= 960 * 1024 + 512 * p.len());
+            let encoded = envelope::encode(&p.clone());
+            assert!(encoded.len() < 1024 * 1024, "{}", encoded.len());
+        }
+        assert_eq!(split(vec![], 100).len(), 1);
+    }
+}

@@ -1,0 +1,134 @@
+//! The edge's configuration (see `legato_runtime::config` for the layering).
+
+use legato_runtime::config::{NatsConfig, Secret, StoreConfig};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EdgeConfig {
+    /// HTTP and WebSocket, one port (Mirubato's client uses 8787 for local sync).
+    pub listen: String,
+    /// `/livez`, `/readyz`, `/metrics`.
+    pub admin_listen: String,
+    pub data_dir: PathBuf,
+    pub nats: NatsConfig,
+    pub store: StoreConfig,
+    pub auth: AuthConfig,
+    pub limits: Limits,
+    pub cors: CorsConfig,
+    pub sync: SyncConfig,
+}
+
+impl Default for EdgeConfig {
+    fn default() -> Self {
+        EdgeConfig {
+            listen: "127.0.0.1:8787".into(),
+            admin_listen: "127.0.0.1:9787".into(),
+            data_dir: PathBuf::from(".data"),
+            nats: NatsConfig {
+                name: "legato-edge".into(),
+                ..NatsConfig::default()
+            },
+            store: StoreConfig::default(),
+            auth: AuthConfig::default(),
+            limits: Limits::default(),
+            cors: CorsConfig::default(),
+            sync: SyncConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AuthConfig {
+    /// HS256 secret; from `JWT_SECRET`.
+    pub jwt_secret: Secret,
+    /// Checked when set.
+    pub issuer: Option<String>,
+    /// Checked when set.
+    pub audience: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Limits {
+    pub max_body_bytes: usize,
+    pub max_items: usize,
+    pub max_item_bytes: usize,
+    /// Largest bus envelope; a larger request travels as several envelopes. Must stay below
+    /// the broker's max payload and `SYNC_IN`'s max message size (1 MiB).
+    pub max_envelope_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: 4 * 1024 * 1024,
+            max_items: 1000,
+            max_item_bytes: 256 * 1024,
+            max_envelope_bytes: 1024 * 1024 - 64 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CorsConfig {
+    /// Exact origins allowed to call with credentials.
+    pub allowed_origins: Vec<String>,
+}
+
+impl Default for CorsConfig {
+    fn default() -> Self {
+        CorsConfig {
+            allowed_origins: vec![
+                "http://localhost:3000".into(),
+                "http://localhost:4000".into(),
+                "http://127.0.0.1:3000".into(),
+            ],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SyncConfig {
+    /// How long a push waits for the commit before answering 202 `pending`.
+    pub commit_wait_ms: u64,
+    /// How long a publish waits for the JetStream ack before answering 503.
+    pub publish_timeout_ms: u64,
+    /// Client clocks further ahead than this are clamped.
+    pub max_clock_skew_secs: i64,
+    /// How long a read commit watermark is reused (a stale one is still safe).
+    pub watermark_cache_ms: u64,
+    /// Default and largest `limit` of a cursor pull.
+    pub pull_limit: usize,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        SyncConfig {
+            commit_wait_ms: 5_000,
+            publish_timeout_ms: 3_000,
+            max_clock_skew_secs: 300,
+            watermark_cache_ms: 20,
+            pull_limit: 1000,
+        }
+    }
+}
+
+impl EdgeConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.auth.jwt_secret.is_empty() {
+            return Err("JWT_SECRET (auth.jwt_secret) must be set".into());
+        }
+        if self.limits.max_envelope_bytes < self.limits.max_item_bytes + 4096 {
+            return Err("limits.max_envelope_bytes must exceed limits.max_item_bytes".into());
+        }
+        if self.limits.max_items > legato_schema::cursor::MAX_ITEMS_PER_MESSAGE {
+            return Err("limits.max_items is above 1024".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,447 @@
+//! The HTTP API of CONTRACT.md §4 as warp routes: push, pull, status, health; CORS; one
+//! error mapping for rejections and handler errors.
+
+use crate::auth::AuthError;
+use crate::bus::{BusError, Request, Submission};
+use crate::error::ApiError;
+use crate::state::State;
+use bytes::{Buf, Bytes, BytesMut};
+use futures::{Stream, StreamExt};
+use legato_runtime::admin::HealthResponse;
+use legato_schema::api::{
+    self, Deleted, PullResponse, Rejected, StatusResponse, pending_response, push_response,
+};
+use legato_schema::envelope::RequestKind;
+use legato_schema::write::{self, PrepareOptions};
+use legato_schema::{ChangeSeq, Clock, Cursor, DeviceId, UserId};
+use serde_json::value::RawValue;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Instant;
+use warp::filters::BoxedFilter;
+use warp::http::{HeaderMap, StatusCode};
+use warp::reply::Response;
+use warp::{Filter, Rejection, Reply};
+
+/// All HTTP routes of the edge, CORS applied, every rejection mapped to the error envelope.
+pub fn routes(state: Arc<State>) -> BoxedFilter<(Response,)> {
+    let push = warp::path!("api" / "sync" / "push")
+        .and(warp::post())
+        .and(request(state.clone()))
+        .then(|state: Arc<State>, headers, body| {
+            timed(state.clone(), "push", push(state, headers, body))
+        });
+    let pull = warp::path!("api" / "sync" / "pull")
+        .and(warp::post())
+        .and(request(state.clone()))
+        .then(|state: Arc<State>, headers, body| {
+            timed(state.clone(), "pull", pull(state, headers, body))
+        });
+    let status = warp::path!("api" / "sync" / "status")
+        .and(warp::get())
+        .and(with_state(state.clone()))
+        .and(warp::header::headers_cloned())
+        .then(|state: Arc<State>, headers| timed(state.clone(), "status", status(state, headers)));
+    let health = warp::get()
+        .and(
+            warp::path!("livez")
+                .or(warp::path!("readyz"))
+                .unify()
+                .or(warp::path!("metrics"))
+                .unify(),
+        )
+        .and(warp::path::full())
+        .and(with_state(state.clone()))
+        .then(|path: warp::path::FullPath, state: Arc<State>| async move {
+            let answer = match path.as_str() {
+                "/livez" => state.health.livez(),
+                "/readyz" => state.health.readyz().await,
+                _ => state.health.metrics(),
+            };
+            health_reply(answer)
+        });
+    let cors = warp::cors()
+        .allow_origins(state.config.cors.allowed_origins.iter().map(String::as_str))
+        .allow_credentials(true)
+        .allow_methods(["GET", "POST", "OPTIONS"])
+        .allow_headers([
+            "Content-Type",
+            "Authorization",
+            "X-Device-ID",
+            "X-Idempotency-Key",
+        ])
+        .expose_headers(["X-Idempotent-Replay"])
+        .max_age(600);
+    let recover_state = state.clone();
+    push.or(pull)
+        .unify()
+        .or(status)
+        .unify()
+        .or(health)
+        .unify()
+        .with(cors)
+        .map(Reply::into_response)
+        .recover(move |rejection| handle_rejection(recover_state.clone(), rejection))
+        .unify()
+        .boxed()
+}
+
+fn with_state(
+    state: Arc<State>,
+) -> impl Filter<Extract = (Arc<State>,), Error = Infallible> + Clone {
+    warp::any().map(move || state.clone())
+}
+
+/// State, headers and the body read up to the configured limit.
+fn request(
+    state: Arc<State>,
+) -> impl Filter<Extract = (Arc<State>, HeaderMap, Result<Bytes, ApiError>), Error = Rejection> + Clone
+{
+    let max = state.config.limits.max_body_bytes;
+    with_state(state)
+        .and(warp::header::headers_cloned())
+        .and(warp::header::optional::<u64>("content-length"))
+        .and(warp::body::stream())
+        .then(
+            move |state, headers, length: Option<u64>, body| async move {
+                let body = if length.is_some_and(|l| l > max as u64) {
+                    Err(too_large(max))
+                } else {
+                    read_limited(body, max).await
+                };
+                (state, headers, body)
+            },
+        )
+        .untuple_one()
+}
+
+fn too_large(max: usize) -> ApiError {
+    ApiError::PayloadTooLarge(format!("Request body is larger than {max} bytes"))
+}
+
+async fn read_limited<S, B>(body: S, max: usize) -> Result<Bytes, ApiError>
+where
+    S: Stream<Item = Result<B, warp::Error>>,
+    B: Buf,
+{
+    let mut body = std::pin::pin!(body);
+    let mut out = BytesMut::new();
+    while let Some(chunk) = body.next().await {
+        let chunk =
+            chunk.map_err(|e| ApiError::bad_request("$", format!("unreadable body: {e}")))?;
+        if out.len() + chunk.remaining() > max {
+            return Err(too_large(max));
+        }
+        out.extend_from_slice(chunk.chunk());
+    }
+    Ok(out.freeze())
+}
+
+async fn timed(
+    state: Arc<State>,
+    route: &'static str,
+    handler: impl Future<Output = Result<Response, ApiError>>,
+) -> Response {
+    let started = Instant::now();
+    let response = handler.await.unwrap_or_else(|e| {
+        if let ApiError::Unavailable(cause) = &e {
+            state.metrics.unavailable.with_label_values(&[cause]).inc();
+        }
+        e.into_response()
+    });
+    state
+        .metrics
+        .http_requests
+        .with_label_values(&[route, response.status().as_str()])
+        .inc();
+    state
+        .metrics
+        .http_duration
+        .with_label_values(&[route])
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+async fn handle_rejection(state: Arc<State>, rejection: Rejection) -> Result<Response, Infallible> {
+    let error = if rejection.is_not_found() {
+        ApiError::NotFound
+    } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
+        ApiError::MethodNotAllowed
+    } else if let Some(e) = rejection.find::<warp::filters::cors::CorsForbidden>() {
+        let mut response = warp::reply::with_status(
+            warp::reply::json(&api::ErrorBody {
+                success: false,
+                error: e.to_string(),
+                code: 403,
+                details: Vec::new(),
+                resync: None,
+            }),
+            StatusCode::FORBIDDEN,
+        )
+        .into_response();
+        response.headers_mut().remove("access-control-allow-origin");
+        return Ok(response);
+    } else if rejection.find::<warp::reject::InvalidHeader>().is_some() {
+        ApiError::bad_request("headers", "invalid header")
+    } else {
+        tracing::debug!(?rejection, "unhandled rejection");
+        ApiError::NotFound
+    };
+    let response = error.into_response();
+    state
+        .metrics
+        .http_requests
+        .with_label_values(&["unmatched", response.status().as_str()])
+        .inc();
+    Ok(response)
+}
+
+fn health_reply(answer: HealthResponse) -> Response {
+    let mut response = Response::new(answer.body.into());
+    *response.status_mut() =
+        StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    response.headers_mut().insert(
+        warp::http::header::CONTENT_TYPE,
+        warp::http::HeaderValue::from_static(answer.content_type),
+    );
+    response
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn authenticate(state: &State, headers: &HeaderMap) -> Result<UserId, ApiError> {
+    state
+        .auth
+        .authenticate(header(headers, "authorization"), header(headers, "cookie"))
+        .map_err(|e: AuthError| {
+            tracing::debug!(error = %e, "authentication failed");
+            ApiError::Unauthorized
+        })
+}
+
+fn device_id(headers: &HeaderMap) -> Result<Option<DeviceId>, ApiError> {
+    match headers.get("x-device-id") {
+        None => Ok(None),
+        Some(v) => {
+            let v = v.to_str().map_err(|_| {
+                ApiError::bad_request("headers.X-Device-ID", "must be visible ASCII")
+            })?;
+            DeviceId::parse(v)
+                .map(Some)
+                .map_err(|e| ApiError::bad_request("headers.X-Device-ID", e.to_string()))
+        }
+    }
+}
+
+fn json_response<T: serde::Serialize>(value: &T, status: StatusCode) -> Response {
+    warp::reply::with_status(warp::reply::json(value), status).into_response()
+}
+
+fn bus_error(e: BusError) -> ApiError {
+    match e {
+        BusError::Unavailable => ApiError::Unavailable("broker"),
+        BusError::Refused => ApiError::Unavailable("broker_refused"),
+    }
+}
+
+async fn push(
+    state: Arc<State>,
+    headers: HeaderMap,
+    body: Result<Bytes, ApiError>,
+) -> Result<Response, ApiError> {
+    let user = authenticate(&state, &headers)?;
+    let body = body?;
+    let device_id = device_id(&headers)?;
+    let parsed = api::parse_push(&body).map_err(ApiError::BadRequest)?;
+    let limits = &state.config.limits;
+    if parsed.item_count() > limits.max_items {
+        return Err(ApiError::PayloadTooLarge(format!(
+            "Too many items: {} (limit {})",
+            parsed.item_count(),
+            limits.max_items
+        )));
+    }
+    let now = Clock::now();
+    let options = PrepareOptions {
+        now,
+        max_skew_us: state.config.sync.max_clock_skew_secs * 1_000_000,
+        max_item_bytes: limits.max_item_bytes,
+    };
+    let mut items = Vec::new();
+    let mut sent = Vec::new();
+    let mut rejected = Vec::new();
+    for group in parsed.groups {
+        for value in group.items {
+            let reported = write::reported_id(value.get("id"));
+            let Some(entity_type) = group.entity_type else {
+                rejected.push(Rejected {
+                    entity_id: reported,
+                    entity_type: group.key.clone(),
+                    reason: "unknown entity type".into(),
+                });
+                continue;
+            };
+            let id = value.get("id").cloned();
+            match write::prepare(entity_type, id.as_ref(), value, &options) {
+                Ok(prepared) => {
+                    if prepared.clock_clamped {
+                        state.metrics.clock_clamped.inc();
+                    }
+                    sent.push((entity_type, prepared.item.id.to_string()));
+                    items.push(prepared.item);
+                }
+                Err(e) => rejected.push(Rejected {
+                    entity_id: reported,
+                    entity_type: entity_type.as_str().into(),
+                    reason: e.to_string(),
+                }),
+            }
+        }
+    }
+    state.metrics.items_rejected.inc_by(rejected.len() as u64);
+    if items.is_empty() {
+        let token = state.token(state.watermark_or_zero().await);
+        return Ok(json_response(
+            &push_response(&[], &[], rejected, token),
+            StatusCode::OK,
+        ));
+    }
+    let (submission, timings) = state
+        .bus
+        .submit(Request {
+            user,
+            device_id,
+            session_id: None,
+            kind: RequestKind::Push,
+            received_at: now,
+            items,
+            idempotency: None,
+        })
+        .await
+        .map_err(bus_error)?;
+    state.metrics.publish_ack.observe(timings.ack.as_secs_f64());
+    if let Some(commit) = timings.commit {
+        state.metrics.publish_commit.observe(commit.as_secs_f64());
+    }
+    let token = state.token(state.watermark_or_zero().await);
+    Ok(match submission {
+        Submission::Committed(outcomes) => json_response(
+            &push_response(&sent, &outcomes, rejected, token),
+            StatusCode::OK,
+        ),
+        Submission::Pending => {
+            json_response(&pending_response(rejected, token), StatusCode::ACCEPTED)
+        }
+    })
+}
+
+fn raw(payload: String) -> Result<Box<RawValue>, ApiError> {
+    RawValue::from_string(payload).map_err(|e| {
+        tracing::error!(error = %e, "stored payload is not JSON");
+        ApiError::Internal
+    })
+}
+
+async fn pull(
+    state: Arc<State>,
+    headers: HeaderMap,
+    body: Result<Bytes, ApiError>,
+) -> Result<Response, ApiError> {
+    let user = authenticate(&state, &headers)?;
+    let body = body?;
+    let request = api::parse_pull(&body).map_err(ApiError::BadRequest)?;
+    let max_limit = state.config.sync.pull_limit;
+    let limit = request.limit.unwrap_or(max_limit).clamp(1, max_limit);
+    let types = request.types.as_deref();
+    // The watermark is read before the store, so every change at or below it is visible.
+    let watermark = state.bus.watermark().await.map_err(bus_error)?;
+    let now = Clock::now();
+    let Some(since) = request.since else {
+        let entities = state
+            .store
+            .snapshot(&user, types)
+            .await
+            .map_err(|_| ApiError::Unavailable("store"))?;
+        let mut response = PullResponse::new(state.token(watermark), now);
+        for e in entities {
+            if let Some(list) = response.collections.get_mut(e.entity_type.collection_key()) {
+                list.push(raw(e.payload)?);
+            }
+        }
+        return Ok(json_response(&response, StatusCode::OK));
+    };
+    let cursor =
+        Cursor::parse(&since).map_err(|_| ApiError::bad_request("since", "malformed cursor"))?;
+    if cursor.deployment != state.deployment || cursor.seq > watermark {
+        return Err(ApiError::CursorExpired);
+    }
+    let mut entities = state
+        .store
+        .changes_since(&user, cursor.seq, types, limit + 1)
+        .await
+        .map_err(|_| ApiError::Unavailable("store"))?;
+    let has_more = entities.len() > limit;
+    entities.truncate(limit);
+    // Hand back the watermark, not the largest sequence returned: a change below the
+    // largest one may still be in flight in another worker.
+    let next = match (has_more, entities.last()) {
+        (true, Some(last)) => last.seq.min(watermark),
+        _ => watermark,
+    }
+    .max(cursor.seq);
+    let mut response = PullResponse::new(state.token(next), now);
+    let mut deleted = Vec::new();
+    for e in entities {
+        if e.deleted {
+            deleted.push(Deleted {
+                entity_type: e.entity_type,
+                id: e.id,
+                deleted_at: e.deleted_at.unwrap_or(e.clock).to_iso(),
+            });
+        } else if let Some(list) = response.collections.get_mut(e.entity_type.collection_key()) {
+            list.push(raw(e.payload)?);
+        }
+    }
+    response.deleted = Some(deleted);
+    response.has_more = Some(has_more);
+    Ok(json_response(&response, StatusCode::OK))
+}
+
+async fn status(state: Arc<State>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let user = authenticate(&state, &headers)?;
+    let watermark = state.bus.watermark().await.map_err(bus_error)?;
+    let status = state
+        .store
+        .status(&user)
+        .await
+        .map_err(|_| ApiError::Unavailable("store"))?;
+    let pending = state.bus.pending_requests(&user).await.map_err(bus_error)?;
+    Ok(json_response(
+        &StatusResponse {
+            last_sync_time: status.last_commit.map(Clock::to_iso),
+            sync_token: state.token(watermark),
+            pending_changes: pending,
+            device_count: 0,
+            entity_count: status.entity_count,
+        },
+        StatusCode::OK,
+    ))
+}
+
+impl State {
+    pub fn token(&self, seq: ChangeSeq) -> String {
+        Cursor {
+            deployment: self.deployment.clone(),
+            seq,
+        }
+        .to_string()
+    }
+
+    /// After a commit the answer must not fail for want of a watermark: a zero cursor is
+    /// always safe (the client re-reads from the start).
+    async fn watermark_or_zero(&self) -> ChangeSeq {
+        self.bus.watermark().await.unwrap_or(ChangeSeq(0))
+    }
+}

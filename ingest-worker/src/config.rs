@@ -1,0 +1,59 @@
+//! The ingest worker's configuration (see `legato_runtime::config` for the layering).
+
+use legato_runtime::config::{NatsConfig, StoreConfig};
+use legato_runtime::nats::{BusLimits, ConsumerSettings};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct IngestConfig {
+    pub admin_listen: String,
+    pub data_dir: PathBuf,
+    pub nats: NatsConfig,
+    pub store: StoreConfig,
+    pub bus: BusLimits,
+    pub consumer: ConsumerSettings,
+    pub batch: BatchSettings,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BatchSettings {
+    /// Messages fetched and applied in one store transaction.
+    pub max_messages: usize,
+    /// How long a fetch waits for messages before returning what it has.
+    pub fetch_expires_ms: u64,
+    /// A message delivered more often than this is terminated (poison) without processing.
+    pub max_deliveries: i64,
+    /// Upper bound of the back-off between store retries.
+    pub max_retry_backoff_ms: u64,
+}
+
+impl Default for BatchSettings {
+    fn default() -> Self {
+        BatchSettings {
+            max_messages: 128,
+            fetch_expires_ms: 1_000,
+            max_deliveries: 5,
+            max_retry_backoff_ms: 5_000,
+        }
+    }
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            admin_listen: "127.0.0.1:9788".into(),
+            data_dir: PathBuf::from(".data"),
+            nats: NatsConfig {
+                name: "legato-ingest".into(),
+                ..NatsConfig::default()
+            },
+            store: StoreConfig::default(),
+            bus: BusLimits::default(),
+            consumer: ConsumerSettings::default(),
+            batch: BatchSettings::default(),
+        }
+    }
+}

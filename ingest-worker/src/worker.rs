@@ -1,0 +1,317 @@
+//! The ingest loop: fetch a batch from the shared durable consumer, apply it to the store in
+//! one call, publish the effective changes to `SYNC_OUT`, reply to the edge, then ack.
+//!
+//! Order matters for durability: a message is acked only after its changes are committed and
+//! published, so a crash anywhere before the ack means redelivery, never loss. A redelivered
+//! message finds its items already stored with its own sequence; those count as applied again
+//! (DESIGN.md "Crash windows"), and `SYNC_OUT`'s message id makes the second publish a no-op.
+
+use crate::config::IngestConfig;
+use crate::metrics::IngestMetrics;
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, AckKind, consumer::PullConsumer, message::PublishMessage};
+use bytes::Bytes;
+use futures::StreamExt;
+use legato_runtime::nats;
+use legato_schema::cursor::MAX_ITEMS_PER_MESSAGE;
+use legato_schema::envelope::{
+    self, Change, CommitReply, CommittedBatch, ENVELOPE_VERSION, IngestEnvelope, ItemOutcome,
+};
+use legato_schema::{ChangeSeq, Clock, subject};
+use legato_store::{MessageWrites, SharedStore};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+pub struct Worker {
+    pub(crate) client: async_nats::Client,
+    pub(crate) js: jetstream::Context,
+    pub(crate) store: SharedStore,
+    pub(crate) config: IngestConfig,
+    pub(crate) metrics: IngestMetrics,
+    /// Set once streams and the consumer exist; part of readiness.
+    pub(crate) provisioned: Arc<AtomicBool>,
+}
+
+struct Decoded {
+    message: jetstream::Message,
+    envelope: IngestEnvelope,
+    seq: u64,
+}
+
+/// Sleeps unless shutdown comes first; returns false on shutdown.
+async fn pause(shutdown: &CancellationToken, duration: Duration) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(duration) => true,
+        _ = shutdown.cancelled() => false,
+    }
+}
+
+impl Worker {
+    async fn provision(&self) -> anyhow::Result<PullConsumer> {
+        let first_seq = self.store.max_seq().await?.message_seq() + 1;
+        let sync_in =
+            nats::ensure_stream(&self.js, nats::sync_in_config(&self.config.bus), first_seq)
+                .await?;
+        nats::ensure_stream(&self.js, nats::sync_out_config(&self.config.bus), 0).await?;
+        Ok(
+            nats::ensure_consumer(&sync_in, subject::INGEST_CONSUMER, &self.config.consumer)
+                .await?,
+        )
+    }
+
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut backoff = Duration::from_millis(100);
+        let consumer = loop {
+            match self.provision().await {
+                Ok(consumer) => break consumer,
+                Err(e) => {
+                    tracing::warn!(error = %e, "provisioning failed; retrying");
+                    if !pause(&shutdown, backoff).await {
+                        return;
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        };
+        self.provisioned.store(true, Ordering::SeqCst);
+        tracing::info!("ingest worker consuming");
+        let batch = &self.config.batch;
+        while !shutdown.is_cancelled() {
+            let fetched = tokio::select! {
+                r = consumer
+                    .fetch()
+                    .max_messages(batch.max_messages)
+                    .expires(Duration::from_millis(batch.fetch_expires_ms))
+                    .messages() => r,
+                _ = shutdown.cancelled() => break,
+            };
+            let mut stream = match fetched {
+                Ok(stream) => stream,
+                Err(e) => {
+                    tracing::warn!(error = %e, "fetch failed");
+                    if !pause(&shutdown, Duration::from_millis(250)).await {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            let mut messages = Vec::with_capacity(batch.max_messages);
+            while let Some(message) = stream.next().await {
+                match message {
+                    Ok(m) => messages.push(m),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "fetch ended early");
+                        break;
+                    }
+                }
+            }
+            if !messages.is_empty() {
+                self.process(messages, &shutdown).await;
+            }
+        }
+        tracing::info!("ingest worker stopped fetching");
+    }
+
+    async fn terminate(&self, message: &jetstream::Message, reason: &'static str) {
+        self.metrics.terminated.with_label_values(&[reason]).inc();
+        let seq = message.info().map(|i| i.stream_sequence).unwrap_or(0);
+        tracing::error!(reason, seq, subject = %message.subject, "terminating message");
+        let mut headers = HeaderMap::new();
+        headers.insert("Legato-Reason", reason);
+        headers.insert("Legato-Subject", message.subject.as_str());
+        headers.insert("Legato-Seq", seq.to_string().as_str());
+        if let Err(e) = self
+            .client
+            .publish_with_headers(
+                subject::DEAD_LETTER_SUBJECT,
+                headers,
+                message.payload.clone(),
+            )
+            .await
+        {
+            tracing::warn!(error = %e, "dead-letter publish failed");
+        }
+        if let Err(e) = message.ack_with(AckKind::Term).await {
+            tracing::warn!(error = %e, "terminate failed");
+        }
+    }
+
+    async fn decode(&self, message: jetstream::Message) -> Option<Decoded> {
+        let (seq, delivered) = match message.info() {
+            Ok(info) => (info.stream_sequence, info.delivered),
+            Err(_) => {
+                self.terminate(&message, "no_metadata").await;
+                return None;
+            }
+        };
+        if delivered > 1 {
+            self.metrics.redeliveries.inc();
+        }
+        if delivered > self.config.batch.max_deliveries {
+            self.terminate(&message, "max_deliveries").await;
+            return None;
+        }
+        let envelope = match envelope::decode::<IngestEnvelope>(&message.payload) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!(error = %e, seq, "undecodable envelope");
+                self.terminate(&message, "undecodable").await;
+                return None;
+            }
+        };
+        // The subject is the user's authority: an envelope naming another user is refused.
+        if message.subject.as_str() != subject::ingest(&envelope.user) {
+            self.terminate(&message, "subject_mismatch").await;
+            return None;
+        }
+        if envelope.items.len() > MAX_ITEMS_PER_MESSAGE {
+            self.terminate(&message, "too_many_items").await;
+            return None;
+        }
+        Some(Decoded {
+            message,
+            envelope,
+            seq,
+        })
+    }
+
+    async fn process(&self, messages: Vec<jetstream::Message>, shutdown: &CancellationToken) {
+        let mut decoded = Vec::with_capacity(messages.len());
+        for message in messages {
+            if let Some(d) = self.decode(message).await {
+                decoded.push(d);
+            }
+        }
+        if decoded.is_empty() {
+            return;
+        }
+        let writes: Vec<MessageWrites> = decoded
+            .iter()
+            .map(|d| MessageWrites {
+                user: d.envelope.user.clone(),
+                message_seq: d.seq,
+                device_id: d.envelope.device_id.clone(),
+                items: d.envelope.items.clone(),
+            })
+            .collect();
+        let Some(outcomes) = self.apply_with_retry(writes, &decoded, shutdown).await else {
+            return;
+        };
+        self.metrics.batches.inc();
+        self.metrics.batch_size.observe(decoded.len() as f64);
+        let committed_at = Clock::now();
+        futures::future::join_all(
+            decoded
+                .into_iter()
+                .zip(outcomes)
+                .map(|(d, outcomes)| self.finish(d, outcomes, committed_at)),
+        )
+        .await;
+    }
+
+    async fn apply_with_retry(
+        &self,
+        writes: Vec<MessageWrites>,
+        decoded: &[Decoded],
+        shutdown: &CancellationToken,
+    ) -> Option<Vec<Vec<ItemOutcome>>> {
+        let mut backoff = Duration::from_millis(50);
+        let max_backoff = Duration::from_millis(self.config.batch.max_retry_backoff_ms);
+        loop {
+            let started = std::time::Instant::now();
+            match self.store.apply(writes.clone(), Clock::now()).await {
+                Ok(outcomes) => {
+                    self.metrics
+                        .apply_seconds
+                        .observe(started.elapsed().as_secs_f64());
+                    return Some(outcomes);
+                }
+                Err(e) => {
+                    self.metrics.store_errors.inc();
+                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "store apply failed");
+                    // Keep the messages ours while we wait, so no other worker piles on.
+                    for d in decoded {
+                        let _ = d.message.ack_with(AckKind::Progress).await;
+                    }
+                    if !pause(shutdown, backoff).await {
+                        return None;
+                    }
+                    backoff = (backoff * 2).min(max_backoff);
+                }
+            }
+        }
+    }
+
+    async fn finish(&self, d: Decoded, mut outcomes: Vec<ItemOutcome>, committed_at: Clock) {
+        let mut changes = Vec::new();
+        for (index, (outcome, item)) in outcomes.iter_mut().zip(&d.envelope.items).enumerate() {
+            let own = ChangeSeq::new(d.seq, index).0;
+            // A duplicate carrying this message's own sequence was applied by an earlier
+            // delivery of this very message: it is still this message's change.
+            if let ItemOutcome::Duplicate { seq } = *outcome
+                && seq == own
+            {
+                *outcome = ItemOutcome::Applied { seq };
+            }
+            let label = match outcome {
+                ItemOutcome::Applied { .. } => "applied",
+                ItemOutcome::Duplicate { .. } => "duplicate",
+                ItemOutcome::Superseded { .. } => "superseded",
+            };
+            self.metrics.items.with_label_values(&[label]).inc();
+            if let ItemOutcome::Applied { seq } = outcome {
+                changes.push(Change {
+                    item: item.clone(),
+                    seq: *seq,
+                });
+            }
+        }
+        if !changes.is_empty() {
+            let batch = CommittedBatch {
+                v: ENVELOPE_VERSION,
+                user: d.envelope.user.clone(),
+                origin_device: d.envelope.device_id.clone(),
+                origin_session: d.envelope.session_id.clone(),
+                committed_at,
+                changes,
+            };
+            let publish = PublishMessage::build()
+                .payload(Bytes::from(envelope::encode(&batch)))
+                .message_id(format!("out-{}", d.seq));
+            let acked = match self
+                .js
+                .send_publish(subject::committed(&d.envelope.user), publish)
+                .await
+            {
+                Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(e) = acked {
+                // Not acked: the message comes back and is published again.
+                tracing::warn!(error = %e, seq = d.seq, "publish to SYNC_OUT failed");
+                return;
+            }
+        }
+        let reply = CommitReply {
+            v: ENVELOPE_VERSION,
+            request_id: d.envelope.request_id.clone(),
+            message_seq: d.seq,
+            outcomes,
+        };
+        if let Err(e) = self
+            .client
+            .publish(
+                subject::done(&d.envelope.request_id),
+                Bytes::from(envelope::encode(&reply)),
+            )
+            .await
+        {
+            tracing::debug!(error = %e, "commit reply not sent");
+        }
+        if let Err(e) = d.message.double_ack().await {
+            tracing::warn!(error = %e, seq = d.seq, "ack failed; the message will be redelivered");
+        }
+    }
+}
