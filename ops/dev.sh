@@ -29,12 +29,16 @@ pids=()
 cleanup() {
   trap - INT TERM EXIT
   echo "stopping..."
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  # Edge and workers first (they drain into the broker), the broker last.
+  for ((i=${#pids[@]}-1; i>0; i--)); do kill "${pids[$i]}" 2>/dev/null || true; done
+  for ((i=${#pids[@]}-1; i>0; i--)); do wait "${pids[$i]}" 2>/dev/null || true; done
+  kill "${pids[0]}" 2>/dev/null || true
   wait 2>/dev/null || true
 }
 trap cleanup INT TERM EXIT
 
-nats-server -js -a 127.0.0.1 -p "$NATS_PORT" -sd "$LEGATO_DATA_DIR/nats" \
+# Own session: Ctrl-C reaches the services first; the broker is stopped last, by cleanup.
+setsid nats-server -js -a 127.0.0.1 -p "$NATS_PORT" -sd "$LEGATO_DATA_DIR/nats" \
   >"$LEGATO_DATA_DIR/logs/nats.log" 2>&1 &
 pids+=($!)
 "$BIN/legato-ingest" 2> >(tee -a "$LEGATO_DATA_DIR/logs/ingest.log" >&2) &

@@ -115,9 +115,7 @@ impl Application {
         tracing::info!(addr = %self.listener.local_addr()?, "edge listening");
         legato_runtime::http::serve(self.listener, service, shutdown).await;
         admin.await.context("admin server task")?;
-        if let Err(e) = self.state.bus.client().drain().await {
-            tracing::debug!(error = %e, "draining the NATS connection");
-        }
+        legato_runtime::nats::drain(self.state.bus.client()).await;
         Ok(())
     }
 }

@@ -129,7 +129,12 @@ impl Application {
                     tokio::time::sleep(Duration::from_millis(250)).await;
                     continue;
                 };
-                while let Some(Ok(message)) = messages.next().await {
+                loop {
+                    let next = tokio::select! {
+                        next = tokio::time::timeout(Duration::from_secs(2), messages.next()) => next,
+                        _ = shutdown.cancelled() => break,
+                    };
+                    let Ok(Some(Ok(message))) = next else { break };
                     match envelope::decode::<CommittedBatch>(&message.payload) {
                         Ok(batch) => self.changes_in.inc_by(batch.changes.len() as u64),
                         Err(e) => tracing::error!(error = %e, "undecodable committed batch"),
@@ -141,7 +146,7 @@ impl Application {
             }
         }
         admin.await.context("admin server task")?;
-        let _ = self.client.drain().await;
+        legato_runtime::nats::drain(&self.client).await;
         Ok(())
     }
 }

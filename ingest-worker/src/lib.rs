@@ -83,9 +83,7 @@ impl Application {
         let client = self.worker.client.clone();
         self.worker.run(shutdown).await;
         admin.await.context("admin server task")?;
-        if let Err(e) = client.drain().await {
-            tracing::debug!(error = %e, "draining the NATS connection");
-        }
+        legato_runtime::nats::drain(&client).await;
         Ok(())
     }
 }

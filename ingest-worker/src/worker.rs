@@ -98,13 +98,22 @@ impl Worker {
                 }
             };
             let mut messages = Vec::with_capacity(batch.max_messages);
-            while let Some(message) = stream.next().await {
-                match message {
-                    Ok(m) => messages.push(m),
-                    Err(e) => {
+            // A fetch ends at its expiry; the bound also covers a broker that vanished mid-fetch.
+            let gather_until = tokio::time::Instant::now()
+                + Duration::from_millis(batch.fetch_expires_ms)
+                + Duration::from_secs(1);
+            loop {
+                let next = tokio::select! {
+                    next = tokio::time::timeout_at(gather_until, stream.next()) => next,
+                    _ = shutdown.cancelled() => break,
+                };
+                match next {
+                    Ok(Some(Ok(m))) => messages.push(m),
+                    Ok(Some(Err(e))) => {
                         tracing::debug!(error = %e, "fetch ended early");
                         break;
                     }
+                    Ok(None) | Err(_) => break,
                 }
             }
             if !messages.is_empty() {

@@ -198,3 +198,13 @@ pub async fn ingest_watermark(js: &jetstream::Context) -> Result<u64, BusError> 
         .map_err(js_err)?;
     Ok(info.ack_floor.stream_sequence)
 }
+
+/// Drains the connection (flushes pending publishes, ends subscriptions), giving up after a
+/// few seconds so a process whose broker is gone still exits.
+pub async fn drain(client: &async_nats::Client) {
+    match tokio::time::timeout(Duration::from_secs(3), client.drain()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!(error = %e, "draining the NATS connection"),
+        Err(_) => tracing::warn!("NATS drain timed out"),
+    }
+}
