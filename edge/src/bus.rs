@@ -4,11 +4,13 @@
 use async_nats::jetstream::{self, message::PublishMessage};
 use bytes::Bytes;
 use futures::StreamExt;
+use legato_schema::checksum::sha256_hex;
 use legato_schema::envelope::{
     self, CommitReply, ENVELOPE_VERSION, IdempotencyRef, IngestEnvelope, ItemOutcome, RequestKind,
 };
 use legato_schema::write::WriteItem;
 use legato_schema::{ChangeSeq, Clock, DeviceId, UserId, subject};
+use legato_store::SharedStore;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -41,6 +43,7 @@ pub struct Request {
 
 pub struct Bus {
     client: async_nats::Client,
+    store: SharedStore,
     js: jetstream::Context,
     commit_wait: Duration,
     max_envelope_bytes: usize,
@@ -56,6 +59,7 @@ pub struct Timings {
 impl Bus {
     pub fn new(
         client: async_nats::Client,
+        store: SharedStore,
         publish_timeout: Duration,
         commit_wait: Duration,
         max_envelope_bytes: usize,
@@ -66,6 +70,7 @@ impl Bus {
             .build(client.clone());
         Bus {
             client,
+            store,
             js,
             commit_wait,
             max_envelope_bytes,
@@ -89,7 +94,16 @@ impl Bus {
             return Err(BusError::Unavailable);
         }
         let started = Instant::now();
-        let base = uuid::Uuid::new_v4().simple().to_string();
+        // A keyed request has a deterministic id: a retry publishes the same message ids (so
+        // JetStream drops it inside the duplicate window) and finds the same recorded outcomes.
+        let base = match &request.idempotency {
+            Some(i) => {
+                sha256_hex(format!("{}\0{}\0{}", request.user, i.key, i.request_hash).as_bytes())
+                    [..32]
+                    .to_owned()
+            }
+            None => uuid::Uuid::new_v4().simple().to_string(),
+        };
         let parts = split(request.items, self.max_envelope_bytes);
         // Subscribe before publishing so no reply can be missed.
         let mut replies = self
@@ -143,24 +157,40 @@ impl Bus {
         let mut outcomes: Vec<Option<Vec<ItemOutcome>>> = vec![None; parts.len()];
         let mut missing = parts.len();
         let deadline = tokio::time::Instant::now() + self.commit_wait;
+        let keyed = request.idempotency.is_some();
+        let mut recheck = tokio::time::interval_at(
+            tokio::time::Instant::now() + RECHECK_RECORDED,
+            RECHECK_RECORDED,
+        );
         while missing > 0 {
-            let message = match tokio::time::timeout_at(deadline, replies.next()).await {
-                Ok(Some(message)) => message,
-                Ok(None) | Err(_) => break,
-            };
-            let Ok(reply) = envelope::decode::<CommitReply>(&message.payload) else {
-                tracing::warn!(subject = %message.subject, "undecodable commit reply");
-                continue;
-            };
-            let index = reply
-                .request_id
-                .rsplit_once('.')
-                .and_then(|(b, n)| (b == base).then(|| n.parse::<usize>().ok()).flatten());
-            if let Some(slot) = index.and_then(|i| outcomes.get_mut(i))
-                && slot.is_none()
-            {
-                *slot = Some(reply.outcomes);
-                missing -= 1;
+            tokio::select! {
+                message = tokio::time::timeout_at(deadline, replies.next()) => {
+                    let Ok(Some(message)) = message else { break };
+                    let Ok(reply) = envelope::decode::<CommitReply>(&message.payload) else {
+                        tracing::warn!(subject = %message.subject, "undecodable commit reply");
+                        continue;
+                    };
+                    if let Some(slot) = part_index(&base, &reply.request_id).and_then(|i| outcomes.get_mut(i))
+                        && slot.is_none()
+                    {
+                        *slot = Some(reply.outcomes);
+                        missing -= 1;
+                    }
+                }
+                // A retried keyed request may have been committed before we subscribed: its
+                // reply is gone, but its outcomes are in the store.
+                _ = recheck.tick(), if keyed => {
+                    for (n, slot) in outcomes.iter_mut().enumerate().filter(|(_, s)| s.is_none()) {
+                        if let Ok(Some(recorded)) = self
+                            .store
+                            .request_outcomes(&request.user, &format!("{base}.{n}"))
+                            .await
+                        {
+                            *slot = Some(recorded);
+                            missing -= 1;
+                        }
+                    }
+                }
             }
         }
         let _ = replies.unsubscribe().await;
@@ -237,6 +267,14 @@ impl Bus {
             .map(|_| ())
             .map_err(|e| format!("ingest consumer: {e}"))
     }
+}
+
+/// How often a keyed request looks for outcomes recorded by an earlier execution.
+const RECHECK_RECORDED: Duration = Duration::from_millis(100);
+
+fn part_index(base: &str, request_id: &str) -> Option<usize> {
+    let (b, n) = request_id.rsplit_once('.')?;
+    if b == base { n.parse().ok() } else { None }
 }
 
 /// Packs items into parts whose payloads stay under `max_bytes`, keeping order.

@@ -104,6 +104,8 @@ pub struct SyncConfig {
     pub watermark_cache_ms: u64,
     /// Default and largest `limit` of a cursor pull.
     pub pull_limit: usize,
+    /// How long an idempotency key's answer is kept.
+    pub idempotency_ttl_secs: u64,
 }
 
 impl Default for SyncConfig {
@@ -114,6 +116,7 @@ impl Default for SyncConfig {
             max_clock_skew_secs: 300,
             watermark_cache_ms: 20,
             pull_limit: 1000,
+            idempotency_ttl_secs: 24 * 3600,
         }
     }
 }

@@ -50,6 +50,7 @@ impl Application {
             .context("connecting to NATS")?;
         let bus = bus::Bus::new(
             client,
+            store.clone(),
             Duration::from_millis(config.sync.publish_timeout_ms),
             Duration::from_millis(config.sync.commit_wait_ms),
             config.limits.max_envelope_bytes,

@@ -28,6 +28,9 @@ pub struct BatchSettings {
     pub max_deliveries: i64,
     /// Upper bound of the back-off between store retries.
     pub max_retry_backoff_ms: u64,
+    /// Chaos knob, 0 in production: sleep a random 0..=N ms before each apply, so tests can
+    /// make several workers commit out of order.
+    pub apply_jitter_ms: u64,
 }
 
 impl Default for BatchSettings {
@@ -37,6 +40,7 @@ impl Default for BatchSettings {
             fetch_expires_ms: 1_000,
             max_deliveries: 5,
             max_retry_backoff_ms: 5_000,
+            apply_jitter_ms: 0,
         }
     }
 }

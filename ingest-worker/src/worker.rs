@@ -18,11 +18,14 @@ use legato_schema::envelope::{
     self, Change, CommitReply, CommittedBatch, ENVELOPE_VERSION, IngestEnvelope, ItemOutcome,
 };
 use legato_schema::{ChangeSeq, Clock, subject};
-use legato_store::{MessageWrites, SharedStore};
+use legato_store::{MessageWrites, OutcomeRecord, SharedStore};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+
+/// How often expired idempotency records and request outcomes are deleted.
+const PURGE_EVERY: Duration = Duration::from_secs(300);
 
 pub struct Worker {
     pub(crate) client: async_nats::Client,
@@ -78,7 +81,15 @@ impl Worker {
         self.provisioned.store(true, Ordering::SeqCst);
         tracing::info!("ingest worker consuming");
         let batch = &self.config.batch;
+        let mut last_purge = std::time::Instant::now();
         while !shutdown.is_cancelled() {
+            if last_purge.elapsed() >= PURGE_EVERY {
+                last_purge = std::time::Instant::now();
+                match self.store.purge_expired(Clock::now()).await {
+                    Ok(n) => tracing::debug!(purged = n, "expired idempotency records purged"),
+                    Err(e) => tracing::warn!(error = %e, "purging expired records failed"),
+                }
+            }
             let fetched = tokio::select! {
                 r = consumer
                     .fetch()
@@ -203,6 +214,10 @@ impl Worker {
                 message_seq: d.seq,
                 device_id: d.envelope.device_id.clone(),
                 items: d.envelope.items.clone(),
+                record: d.envelope.idempotency.as_ref().map(|i| OutcomeRecord {
+                    request_id: d.envelope.request_id.clone(),
+                    expires_at: i.expires_at,
+                }),
             })
             .collect();
         let Some(outcomes) = self.apply_with_retry(writes, &decoded, shutdown).await else {
@@ -226,6 +241,14 @@ impl Worker {
         decoded: &[Decoded],
         shutdown: &CancellationToken,
     ) -> Option<Vec<Vec<ItemOutcome>>> {
+        let jitter = self.config.batch.apply_jitter_ms;
+        if jitter > 0 {
+            use std::hash::{BuildHasher, Hasher};
+            let random = std::collections::hash_map::RandomState::new()
+                .build_hasher()
+                .finish();
+            tokio::time::sleep(Duration::from_millis(random % (jitter + 1))).await;
+        }
         let mut backoff = Duration::from_millis(50);
         let max_backoff = Duration::from_millis(self.config.batch.max_retry_backoff_ms);
         loop {

@@ -67,11 +67,13 @@ impl PushBody {
     }
 }
 
-fn parse_object(body: &[u8]) -> Result<serde_json::Map<String, Value>, BadRequest> {
+/// Parses a request body as a JSON object. Nesting deeper than serde_json's limit (128)
+/// is refused like any other invalid JSON.
+pub fn parse_json(body: &[u8]) -> Result<Value, BadRequest> {
     let text = std::str::from_utf8(body)
         .map_err(|e| BadRequest::at("$", format!("body is not UTF-8: {e}")))?;
     match serde_json::from_str::<Value>(text) {
-        Ok(Value::Object(map)) => Ok(map),
+        Ok(value @ Value::Object(_)) => Ok(value),
         Ok(_) => Err(BadRequest::at("$", "body must be a JSON object")),
         Err(e) => Err(BadRequest {
             message: "Invalid JSON".into(),
@@ -83,10 +85,22 @@ fn parse_object(body: &[u8]) -> Result<serde_json::Map<String, Value>, BadReques
     }
 }
 
+/// The idempotency request hash: SHA-256 over the method, the path and the canonical body.
+pub fn request_hash(method: &str, path: &str, body: &Value) -> String {
+    let canonical = crate::checksum::canonical_json(body);
+    crate::checksum::sha256_hex(format!("{method}\n{path}\n{canonical}").as_bytes())
+}
+
 /// Parses `POST /api/sync/push`. Only the envelope's shape is checked here; items are
 /// validated one by one later.
 pub fn parse_push(body: &[u8]) -> Result<PushBody, BadRequest> {
-    let mut top = parse_object(body)?;
+    push_from_value(parse_json(body)?)
+}
+
+pub fn push_from_value(body: Value) -> Result<PushBody, BadRequest> {
+    let Value::Object(mut top) = body else {
+        return Err(BadRequest::at("$", "body must be a JSON object"));
+    };
     let changes = match top.remove("changes") {
         Some(Value::Object(changes)) => changes,
         Some(_) => return Err(BadRequest::at("changes", "must be an object")),
@@ -131,8 +145,8 @@ pub fn parse_pull(body: &[u8]) -> Result<PullRequest, BadRequest> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(PullRequest::default());
     }
-    let top = parse_object(body)?;
-    serde_json::from_value(Value::Object(top)).map_err(|e| BadRequest::at("$", e.to_string()))
+    let top = parse_json(body)?;
+    serde_json::from_value(top).map_err(|e| BadRequest::at("$", e.to_string()))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -290,6 +304,126 @@ pub struct StatusResponse {
     pub entity_count: u64,
 }
 
+/// `POST /api/sync/batch` before per-entity validation.
+#[derive(Debug)]
+pub struct BatchBody {
+    pub entities: Vec<Value>,
+    pub sync_token: Option<String>,
+}
+
+pub fn batch_from_value(body: Value) -> Result<BatchBody, BadRequest> {
+    let Value::Object(mut top) = body else {
+        return Err(BadRequest::at("$", "body must be a JSON object"));
+    };
+    let entities = match top.remove("entities") {
+        Some(Value::Array(entities)) => entities,
+        Some(_) => return Err(BadRequest::at("entities", "must be an array")),
+        None => return Err(BadRequest::at("entities", "is required")),
+    };
+    let sync_token = match top.remove("syncToken") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s),
+        Some(_) => return Err(BadRequest::at("syncToken", "must be a string")),
+    };
+    Ok(BatchBody {
+        entities,
+        sync_token,
+    })
+}
+
+/// One validated batch entity.
+#[derive(Debug)]
+pub struct BatchEntity {
+    pub entity_type: EntityType,
+    pub id: Option<Value>,
+    pub data: Value,
+    /// The client's version counter, echoed in conflicts.
+    pub version: Option<u64>,
+}
+
+/// Checks a batch entity's envelope; the error is `(entity id, type, reason)` for `rejected`.
+pub fn batch_entity(value: Value) -> Result<BatchEntity, Rejected> {
+    let reported = crate::write::reported_id(value.get("id"));
+    let type_name = value
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let reject = |reason: &str| Rejected {
+        entity_id: reported.clone(),
+        entity_type: type_name.clone(),
+        reason: reason.into(),
+    };
+    let Value::Object(mut fields) = value else {
+        return Err(reject("entity must be a JSON object"));
+    };
+    let entity_type = type_name
+        .parse::<EntityType>()
+        .map_err(|_| reject("unknown entity type"))?;
+    let version = match fields.get("version") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(
+            v.as_u64()
+                .filter(|v| *v > 0)
+                .ok_or_else(|| reject("version must be a positive integer"))?,
+        ),
+    };
+    if fields
+        .get("checksum")
+        .is_some_and(|c| !c.is_string() && !c.is_null())
+    {
+        return Err(reject("checksum must be a string"));
+    }
+    let data = match fields.remove("data") {
+        Some(data @ Value::Object(_)) => data,
+        _ => return Err(reject("data must be a JSON object")),
+    };
+    Ok(BatchEntity {
+        entity_type,
+        id: fields.remove("id"),
+        data,
+        version,
+    })
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchConflict {
+    pub entity_id: String,
+    /// The client's `version`, else its clock in microseconds.
+    pub local_version: i64,
+    /// The stored write's clock in microseconds.
+    pub remote_version: i64,
+}
+
+/// A server entity in a batch answer.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchEntityOut {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub entity_type: EntityType,
+    pub data: Box<RawValue>,
+    pub version: i64,
+    pub deleted: bool,
+    pub updated_at: String,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchResponse {
+    pub uploaded: u64,
+    pub downloaded: u64,
+    pub conflicts: Vec<BatchConflict>,
+    pub new_sync_token: String,
+    pub entities: Vec<BatchEntityOut>,
+    pub rejected: Vec<Rejected>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub has_more: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub pending: bool,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -365,6 +499,65 @@ mod tests {
                    "serverVersion":1750717972797000_i64,"serverUpdatedAt":"2025-06-23T22:32:52.797Z"})
         );
         assert!(v.get("pending").is_none());
+    }
+
+    #[test]
+    fn batch_entities_are_checked_one_by_one() {
+        let ok =
+            batch_entity(json!({"id":"g1","type":"goal","data":{"id":"g1"},"version":3})).unwrap();
+        assert_eq!(ok.entity_type, EntityType::Goal);
+        assert_eq!(ok.version, Some(3));
+        let reason = |v: Value| batch_entity(v).unwrap_err().reason;
+        assert_eq!(
+            reason(json!({"id":"x","type":"widget","data":{}})),
+            "unknown entity type"
+        );
+        assert_eq!(
+            reason(json!({"id":"x","type":"goal","data":[1]})),
+            "data must be a JSON object"
+        );
+        assert_eq!(
+            reason(json!({"id":"x","type":"goal","data":{},"version":0})),
+            "version must be a positive integer"
+        );
+        assert_eq!(
+            reason(json!({"id":"x","type":"goal","data":{},"version":-2})),
+            "version must be a positive integer"
+        );
+        assert_eq!(
+            reason(json!({"id":"x","type":"goal","data":{},"checksum":5})),
+            "checksum must be a string"
+        );
+        assert_eq!(reason(json!(7)), "entity must be a JSON object");
+        assert!(batch_from_value(json!({"entities":{}})).is_err());
+        assert_eq!(
+            batch_from_value(json!({"entities":[],"syncToken":"a.1"}))
+                .unwrap()
+                .sync_token
+                .as_deref(),
+            Some("a.1")
+        );
+    }
+
+    #[test]
+    fn request_hash_ignores_key_order_but_not_content_or_route() {
+        let a = request_hash("POST", "/api/sync/push", &json!({"a":1,"b":2}));
+        assert_eq!(
+            a,
+            request_hash(
+                "POST",
+                "/api/sync/push",
+                &serde_json::from_str(r#"{"b":2,"a":1}"#).unwrap()
+            )
+        );
+        assert_ne!(
+            a,
+            request_hash("POST", "/api/sync/batch", &json!({"a":1,"b":2}))
+        );
+        assert_ne!(
+            a,
+            request_hash("POST", "/api/sync/push", &json!({"a":1,"b":3}))
+        );
     }
 
     #[test]

@@ -32,6 +32,8 @@ pub enum RequestKind {
 pub struct IdempotencyRef {
     pub key: String,
     pub request_hash: String,
+    /// When the request's record (and its outcomes) may be forgotten.
+    pub expires_at: Clock,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -134,6 +136,7 @@ mod tests {
             idempotency: Some(IdempotencyRef {
                 key: "k".into(),
                 request_hash: "h".into(),
+                expires_at: Clock(9),
             }),
         }
     }

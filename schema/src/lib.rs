@@ -13,6 +13,7 @@ pub mod cursor;
 pub mod entity;
 pub mod envelope;
 pub mod ids;
+pub mod score_id;
 pub mod subject;
 pub mod write;
 

@@ -5,6 +5,7 @@ use crate::checksum::{canonical_json, checksum};
 use crate::clock::{Clock, Version};
 use crate::entity::EntityType;
 use crate::ids::EntityId;
+use crate::score_id;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -88,9 +89,18 @@ pub fn reported_id(id: Option<&Value>) -> String {
 pub fn prepare(
     entity_type: EntityType,
     id: Option<&Value>,
-    payload: Value,
+    mut payload: Value,
     opts: &PrepareOptions,
 ) -> Result<Prepared, ItemError> {
+    match entity_type {
+        EntityType::LogbookEntry => {
+            score_id::normalize_payload(score_id::Kind::Entry, &mut payload)
+        }
+        EntityType::RepertoireItem => {
+            score_id::normalize_payload(score_id::Kind::Repertoire, &mut payload)
+        }
+        _ => {}
+    }
     let Value::Object(fields) = &payload else {
         return Err(ItemError::NotAnObject);
     };
@@ -200,6 +210,35 @@ mod tests {
         );
         let q = push(json!({"measures":"1-16","scoreId":"s","id":"e1"})).unwrap();
         assert_eq!(p.item.checksum, q.item.checksum);
+    }
+
+    #[test]
+    fn score_ids_are_normalized_before_the_checksum() {
+        let p = push(
+            json!({"id":"e1","pieces":[{"title":"Moonlight  Sonata","composer":"Beethoven"}]}),
+        )
+        .unwrap();
+        assert!(
+            p.item
+                .payload
+                .contains(r#""id":"moonlight sonata-beethoven""#),
+            "{}",
+            p.item.payload
+        );
+        let q = push(json!({"id":"e1","pieces":[{"id":"moonlight sonata-beethoven","title":"Moonlight  Sonata","composer":"Beethoven"}]})).unwrap();
+        assert_eq!(p.item.checksum, q.item.checksum);
+        let r = prepare(
+            EntityType::RepertoireItem,
+            Some(&json!("r1")),
+            json!({"id":"r1","scoreId":"Für Elise"}),
+            &opts(),
+        )
+        .unwrap();
+        assert!(
+            r.item.payload.contains(r#""scoreId":"für elise-unknown""#),
+            "{}",
+            r.item.payload
+        );
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! [`conformance_tests!`](crate::conformance_tests); each check uses fresh user ids, so the
 //! suite also runs against a shared, long-lived database (a live ScyllaDB keyspace).
 
-use crate::{MessageWrites, Store, StoredEntity};
+use crate::{Claim, IdempotencyRecord, MessageWrites, OutcomeRecord, Store, StoredEntity};
 use legato_schema::checksum::checksum;
 use legato_schema::envelope::ItemOutcome;
 use legato_schema::write::WriteItem;
@@ -28,6 +28,10 @@ macro_rules! conformance_tests {
             max_seq_tracks_the_highest_change,
             several_messages_in_one_batch,
             health_is_ok,
+            idempotency_claims_are_exclusive,
+            stale_claims_are_taken_over_and_released_claims_reopen,
+            expired_records_are_claimable_and_purged,
+            outcomes_are_recorded_with_the_apply,
         );
     };
     (@each $make:expr; $($check:ident),* $(,)?) => {
@@ -100,6 +104,7 @@ pub async fn apply_one(
                 message_seq,
                 device_id: Some(DeviceId::parse("dev-1").unwrap()),
                 items,
+                record: None,
             }],
             Clock::now(),
         )
@@ -262,6 +267,7 @@ pub async fn redelivered_message_reports_its_own_seq(store: &dyn Store) {
         message_seq,
         device_id: None,
         items,
+        record: None,
     };
     let first = store
         .apply(vec![writes.clone()], Clock::now())
@@ -410,18 +416,21 @@ pub async fn several_messages_in_one_batch(store: &dyn Store) {
                     message_seq: s1,
                     device_id: None,
                     items: vec![entry("e", 5, "new")],
+                    record: None,
                 },
                 MessageWrites {
                     user: u2.clone(),
                     message_seq: s2,
                     device_id: None,
                     items: vec![entry("e", 1, "x")],
+                    record: None,
                 },
                 MessageWrites {
                     user: u1.clone(),
                     message_seq: s2 + 1,
                     device_id: None,
                     items: vec![entry("e", 4, "old")],
+                    record: None,
                 },
             ],
             Clock::now(),
@@ -448,4 +457,225 @@ pub async fn several_messages_in_one_batch(store: &dyn Store) {
 pub async fn health_is_ok(store: &dyn Store) {
     store.health().await.expect("healthy");
     assert!(!store.deployment_id().await.unwrap().is_empty());
+}
+
+const HOUR_US: i64 = 3_600_000_000;
+
+fn record(hash: &str, body: &str) -> IdempotencyRecord {
+    IdempotencyRecord {
+        request_hash: hash.into(),
+        status: 200,
+        body: body.into(),
+    }
+}
+
+pub async fn idempotency_claims_are_exclusive(store: &dyn Store) {
+    let user = fresh_user("idem");
+    let now = Clock::now();
+    let stale = Clock(now.as_micros() - HOUR_US);
+    let expires = Clock(now.as_micros() + 24 * HOUR_US);
+    // Truly concurrent claims: exactly one wins.
+    let claims = futures_join(store, &user, "k1", "h1", now, stale, expires).await;
+    assert_eq!(
+        claims.iter().filter(|c| **c == Claim::Claimed).count(),
+        1,
+        "{claims:?}"
+    );
+    assert!(claims.iter().all(|c| *c == Claim::Claimed
+        || *c
+            == Claim::InFlight {
+                request_hash: "h1".into()
+            }));
+    store
+        .complete_idempotency(&user, "k1", record("h1", "{\"ok\":1}"), expires)
+        .await
+        .unwrap();
+    let again = store
+        .claim_idempotency(&user, "k1", "h1", now, stale, expires)
+        .await
+        .unwrap();
+    assert_eq!(again, Claim::Done(record("h1", "{\"ok\":1}")));
+    // a different body under the same key sees the stored hash (the caller answers 409)
+    let other = store
+        .claim_idempotency(&user, "k1", "h2", now, stale, expires)
+        .await
+        .unwrap();
+    assert_eq!(other, Claim::Done(record("h1", "{\"ok\":1}")));
+    // keys are per user
+    let stranger = fresh_user("idem");
+    assert_eq!(
+        store
+            .claim_idempotency(&stranger, "k1", "h9", now, stale, expires)
+            .await
+            .unwrap(),
+        Claim::Claimed
+    );
+}
+
+async fn futures_join(
+    store: &dyn Store,
+    user: &UserId,
+    key: &str,
+    hash: &str,
+    now: Clock,
+    stale: Clock,
+    expires: Clock,
+) -> Vec<Claim> {
+    let claims = (0..8).map(|_| store.claim_idempotency(user, key, hash, now, stale, expires));
+    let mut out = Vec::new();
+    for c in futures::future::join_all(claims).await {
+        out.push(c.unwrap());
+    }
+    out
+}
+
+pub async fn stale_claims_are_taken_over_and_released_claims_reopen(store: &dyn Store) {
+    let user = fresh_user("stale");
+    let t0 = Clock::now();
+    let expires = Clock(t0.as_micros() + 24 * HOUR_US);
+    let old = Clock(t0.as_micros() - HOUR_US);
+    assert_eq!(
+        store
+            .claim_idempotency(&user, "k", "h", t0, old, expires)
+            .await
+            .unwrap(),
+        Claim::Claimed
+    );
+    // later, with the first claim considered stale: same hash takes over, another hash does not
+    let later = Clock(t0.as_micros() + 60_000_000);
+    let stale_before = Clock(t0.as_micros() + 1);
+    assert_eq!(
+        store
+            .claim_idempotency(&user, "k", "other", later, stale_before, expires)
+            .await
+            .unwrap(),
+        Claim::InFlight {
+            request_hash: "h".into()
+        }
+    );
+    assert_eq!(
+        store
+            .claim_idempotency(&user, "k", "h", later, stale_before, expires)
+            .await
+            .unwrap(),
+        Claim::Claimed
+    );
+    // released: a retry may claim again, with any body
+    store.release_idempotency(&user, "k", "h").await.unwrap();
+    assert_eq!(
+        store
+            .claim_idempotency(&user, "k", "h3", later, old, expires)
+            .await
+            .unwrap(),
+        Claim::Claimed
+    );
+    // release does not drop a completed record
+    store
+        .complete_idempotency(&user, "k", record("h3", "b"), expires)
+        .await
+        .unwrap();
+    store.release_idempotency(&user, "k", "h3").await.unwrap();
+    assert!(matches!(
+        store
+            .claim_idempotency(&user, "k", "h3", later, old, expires)
+            .await
+            .unwrap(),
+        Claim::Done(_)
+    ));
+}
+
+pub async fn expired_records_are_claimable_and_purged(store: &dyn Store) {
+    let user = fresh_user("expiry");
+    let now = Clock::now();
+    let soon = Clock(now.as_micros() + 5_000_000);
+    let old = Clock(now.as_micros() - HOUR_US);
+    assert_eq!(
+        store
+            .claim_idempotency(&user, "k", "h", now, old, soon)
+            .await
+            .unwrap(),
+        Claim::Claimed
+    );
+    store
+        .complete_idempotency(&user, "k", record("h", "b"), soon)
+        .await
+        .unwrap();
+    let after = Clock(soon.as_micros() + 1);
+    let expires = Clock(after.as_micros() + HOUR_US);
+    assert_eq!(
+        store
+            .claim_idempotency(&user, "k", "h2", after, old, expires)
+            .await
+            .unwrap(),
+        Claim::Claimed
+    );
+    let (_, _) = apply_recorded(store, &user, "req-expiring", soon).await;
+    assert!(
+        store
+            .request_outcomes(&user, "req-expiring")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(store.purge_expired(after).await.unwrap() >= 1);
+    assert!(
+        store
+            .request_outcomes(&user, "req-expiring")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // the live claim survived the purge
+    assert!(matches!(
+        store
+            .claim_idempotency(&user, "k", "h2", after, old, expires)
+            .await
+            .unwrap(),
+        Claim::InFlight { .. }
+    ));
+}
+
+async fn apply_recorded(
+    store: &dyn Store,
+    user: &UserId,
+    request_id: &str,
+    expires_at: Clock,
+) -> (Vec<ItemOutcome>, u64) {
+    let message_seq = fresh_seq();
+    let writes = MessageWrites {
+        user: user.clone(),
+        message_seq,
+        device_id: None,
+        items: vec![entry("a", 1_000, "a"), entry("b", 1_000, "b")],
+        record: Some(OutcomeRecord {
+            request_id: request_id.into(),
+            expires_at,
+        }),
+    };
+    let mut out = store.apply(vec![writes], Clock::now()).await.unwrap();
+    (out.remove(0), message_seq)
+}
+
+pub async fn outcomes_are_recorded_with_the_apply(store: &dyn Store) {
+    let user = fresh_user("outcomes");
+    let expires = Clock(Clock::now().as_micros() + HOUR_US);
+    assert!(store.request_outcomes(&user, "r1").await.unwrap().is_none());
+    let (first, _) = apply_recorded(store, &user, "r1", expires).await;
+    assert_eq!(
+        store.request_outcomes(&user, "r1").await.unwrap(),
+        Some(first.clone())
+    );
+    // a redelivery (all duplicates now) keeps the first outcomes
+    apply_recorded(store, &user, "r1", expires).await;
+    assert_eq!(
+        store.request_outcomes(&user, "r1").await.unwrap(),
+        Some(first)
+    );
+    assert!(
+        store
+            .request_outcomes(&fresh_user("outcomes"), "r1")
+            .await
+            .unwrap()
+            .is_none()
+    );
 }

@@ -33,6 +33,34 @@ pub struct MessageWrites {
     pub message_seq: u64,
     pub device_id: Option<DeviceId>,
     pub items: Vec<WriteItem>,
+    /// Keep this message's outcomes under a request id, in the same transaction, so a retry
+    /// of an idempotent request can read them (see [`Store::request_outcomes`]).
+    pub record: Option<OutcomeRecord>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutcomeRecord {
+    pub request_id: String,
+    pub expires_at: Clock,
+}
+
+/// The stored answer of an idempotent request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyRecord {
+    pub request_hash: String,
+    pub status: u16,
+    pub body: String,
+}
+
+/// The result of claiming an idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// The caller owns the key and must complete or release it.
+    Claimed,
+    /// Another request with this key is executing.
+    InFlight { request_hash: String },
+    /// A request with this key ran; its answer is stored.
+    Done(IdempotencyRecord),
 }
 
 /// An entity as stored: the state of its LWW-greatest write.
@@ -117,6 +145,43 @@ pub trait Store: Send + Sync + 'static {
     /// The highest change sequence stored, for keeping sequences monotonic when the bus
     /// stream is re-created.
     async fn max_seq(&self) -> Result<ChangeSeq>;
+
+    /// Claims `(user, key)` for a request with `request_hash`. An absent or expired record is
+    /// claimed; a pending claim older than `stale_before` with the same hash is taken over
+    /// (its owner died); otherwise the existing state is returned. Atomic per key: of two
+    /// concurrent claims exactly one gets [`Claim::Claimed`].
+    async fn claim_idempotency(
+        &self,
+        user: &UserId,
+        key: &str,
+        request_hash: &str,
+        now: Clock,
+        stale_before: Clock,
+        expires_at: Clock,
+    ) -> Result<Claim>;
+
+    /// Stores the answer of a claimed key.
+    async fn complete_idempotency(
+        &self,
+        user: &UserId,
+        key: &str,
+        record: IdempotencyRecord,
+        expires_at: Clock,
+    ) -> Result<()>;
+
+    /// Drops a pending claim (the request failed, so a retry may run it again).
+    async fn release_idempotency(&self, user: &UserId, key: &str, request_hash: &str)
+    -> Result<()>;
+
+    /// The outcomes recorded by [`MessageWrites::record`], unless expired.
+    async fn request_outcomes(
+        &self,
+        user: &UserId,
+        request_id: &str,
+    ) -> Result<Option<Vec<ItemOutcome>>>;
+
+    /// Deletes expired idempotency records and outcomes; returns how many.
+    async fn purge_expired(&self, now: Clock) -> Result<u64>;
 
     /// Ok when the store can serve reads and writes now.
     async fn health(&self) -> Result<()>;

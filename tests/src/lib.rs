@@ -68,6 +68,8 @@ impl Service {
 pub struct PipelineOptions {
     pub ingest_workers: usize,
     pub commit_wait_ms: u64,
+    /// See `BatchSettings::apply_jitter_ms`.
+    pub apply_jitter_ms: u64,
 }
 
 impl Default for PipelineOptions {
@@ -75,12 +77,14 @@ impl Default for PipelineOptions {
         PipelineOptions {
             ingest_workers: 1,
             commit_wait_ms: 5_000,
+            apply_jitter_ms: 0,
         }
     }
 }
 
 /// nats-server + edge + ingest worker(s) + fanout worker, all real.
 pub struct Pipeline {
+    pub options: PipelineOptions,
     pub nats: NatsServer,
     pub data_dir: TempDir,
     pub edge_addr: SocketAddr,
@@ -113,7 +117,7 @@ impl Pipeline {
         let data_dir = tempfile::tempdir().expect("temp dir");
         let mut ingest = Vec::new();
         for n in 0..options.ingest_workers {
-            ingest.push(Self::spawn_ingest(&nats, &data_dir, n).await);
+            ingest.push(Self::spawn_ingest(&nats, &data_dir, n, &options).await);
         }
         let fanout = {
             let config = legato_fanout::FanoutConfig {
@@ -147,6 +151,7 @@ impl Pipeline {
         let token = CancellationToken::new();
         let task = tokio::spawn(app.run_until_stopped(token.clone()));
         let pipeline = Pipeline {
+            options,
             nats,
             data_dir,
             edge_addr,
@@ -159,14 +164,100 @@ impl Pipeline {
         pipeline
     }
 
-    pub async fn spawn_ingest(nats: &NatsServer, data_dir: &TempDir, n: usize) -> Service {
-        let config = IngestConfig {
+    async fn spawn_edge(
+        nats: &NatsServer,
+        data_dir: &TempDir,
+        options: &PipelineOptions,
+    ) -> (SocketAddr, Service) {
+        let mut config = EdgeConfig {
+            listen: "127.0.0.1:0".into(),
+            admin_listen: "127.0.0.1:0".into(),
+            data_dir: data_dir.path().to_path_buf(),
+            nats: nats_config(nats, "test-edge"),
+            store: store_config(data_dir),
+            ..EdgeConfig::default()
+        };
+        config.auth.jwt_secret = Secret::new(SECRET);
+        config.sync.commit_wait_ms = options.commit_wait_ms;
+        let app = legato_edge::Application::build(config)
+            .await
+            .expect("edge build");
+        let edge_addr = app.local_addr();
+        let admin = app.admin_addr();
+        let token = CancellationToken::new();
+        let task = tokio::spawn(app.run_until_stopped(token.clone()));
+        (edge_addr, Service { admin, token, task })
+    }
+
+    /// Stops the edge and starts a new one (new port) on the same broker and store.
+    pub async fn restart_edge(&mut self) {
+        let (addr, edge) = Self::spawn_edge(&self.nats, &self.data_dir, &self.options).await;
+        let old = std::mem::replace(&mut self.edge, edge);
+        old.stop().await;
+        self.edge_addr = addr;
+        self.wait_ready().await;
+    }
+
+    /// Stops every ingest worker (their in-flight batches finish first).
+    pub async fn stop_ingest(&mut self) {
+        for worker in self.ingest.drain(..) {
+            worker.stop().await;
+        }
+    }
+
+    pub async fn start_ingest(&mut self) {
+        let n = self.ingest.len();
+        let worker = Self::spawn_ingest(&self.nats, &self.data_dir, n, &self.options).await;
+        self.ingest.push(worker);
+        self.wait_ready().await;
+    }
+
+    /// The SQLite file the pipeline writes, opened as a second reader.
+    pub fn open_store(&self) -> legato_store::sqlite::SqliteStore {
+        legato_store::sqlite::SqliteStore::open(
+            self.data_dir.path().join("legato.db"),
+            legato_store::sqlite::SqliteOptions::default(),
+        )
+        .expect("open store")
+    }
+
+    /// One sample from a service's `/metrics`: the value of the line starting with `series`
+    /// (name and labels exactly as exposed), 0 when absent.
+    pub async fn metric(&self, admin: SocketAddr, series: &str) -> f64 {
+        let text = self
+            .http
+            .get(format!("http://{admin}/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics body");
+        text.lines()
+            .find_map(|line| {
+                line.strip_prefix(series)?
+                    .strip_prefix(' ')?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0.0)
+    }
+
+    pub async fn spawn_ingest(
+        nats: &NatsServer,
+        data_dir: &TempDir,
+        n: usize,
+        options: &PipelineOptions,
+    ) -> Service {
+        let mut config = IngestConfig {
             admin_listen: "127.0.0.1:0".into(),
             data_dir: data_dir.path().to_path_buf(),
             nats: nats_config(nats, &format!("test-ingest-{n}")),
             store: store_config(data_dir),
             ..IngestConfig::default()
         };
+        config.batch.apply_jitter_ms = options.apply_jitter_ms;
         let app = legato_ingest::Application::build(config)
             .await
             .expect("ingest build");

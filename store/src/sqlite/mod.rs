@@ -6,7 +6,11 @@
 //! `(clock, deleted, checksum)` is greater. When the upsert changes nothing, one read tells a
 //! duplicate from a superseded write.
 
-use crate::{MessageWrites, Result, Store, StoreError, StoredEntity, UserStatus};
+mod idempotency;
+
+use crate::{
+    Claim, IdempotencyRecord, MessageWrites, Result, Store, StoreError, StoredEntity, UserStatus,
+};
 use async_trait::async_trait;
 use legato_schema::envelope::ItemOutcome;
 use legato_schema::{ChangeSeq, Clock, EntityType, UserId};
@@ -32,6 +36,24 @@ CREATE TABLE IF NOT EXISTS entities (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS entities_by_user_seq ON entities (user, seq);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS idempotency (
+    user         TEXT    NOT NULL,
+    key          TEXT    NOT NULL,
+    request_hash TEXT    NOT NULL,
+    done         INTEGER NOT NULL,
+    status       INTEGER,
+    body         TEXT,
+    claimed_at   INTEGER NOT NULL,
+    expires_at   INTEGER NOT NULL,
+    PRIMARY KEY (user, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS request_results (
+    user       TEXT    NOT NULL,
+    request_id TEXT    NOT NULL,
+    outcomes   TEXT    NOT NULL,
+    expires_at INTEGER NOT NULL,
+    PRIMARY KEY (user, request_id)
+) WITHOUT ROWID;
 ";
 
 const UPSERT: &str = "
@@ -118,6 +140,20 @@ impl SqliteStore {
                 deployment,
             }),
         })
+    }
+
+    async fn write<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = inner.writer.lock().expect("writer poisoned");
+            f(&mut conn).map_err(unavailable)
+        })
+        .await
+        .map_err(unavailable)?
     }
 
     async fn read<T, F>(&self, f: F) -> Result<T>
@@ -256,6 +292,9 @@ fn apply_blocking(
                     }
                 });
             }
+            if let Some(record) = &message.record {
+                idempotency::record_outcomes(&tx, &message.user, record, &outcomes)?;
+            }
             all.push(outcomes);
         }
     }
@@ -278,13 +317,8 @@ impl Store for SqliteStore {
         batch: Vec<MessageWrites>,
         committed_at: Clock,
     ) -> Result<Vec<Vec<ItemOutcome>>> {
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut conn = inner.writer.lock().expect("writer poisoned");
-            apply_blocking(&mut conn, &batch, committed_at).map_err(unavailable)
-        })
-        .await
-        .map_err(unavailable)?
+        self.write(move |conn| apply_blocking(conn, &batch, committed_at))
+            .await
     }
 
     async fn get(
@@ -371,20 +405,72 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn claim_idempotency(
+        &self,
+        user: &UserId,
+        key: &str,
+        request_hash: &str,
+        now: Clock,
+        stale_before: Clock,
+        expires_at: Clock,
+    ) -> Result<Claim> {
+        let (user, key, hash) = (user.clone(), key.to_owned(), request_hash.to_owned());
+        self.write(move |conn| {
+            idempotency::claim(conn, &user, &key, &hash, now, stale_before, expires_at)
+        })
+        .await
+    }
+
+    async fn complete_idempotency(
+        &self,
+        user: &UserId,
+        key: &str,
+        record: IdempotencyRecord,
+        expires_at: Clock,
+    ) -> Result<()> {
+        let (user, key) = (user.clone(), key.to_owned());
+        self.write(move |conn| idempotency::complete(conn, &user, &key, &record, expires_at))
+            .await
+    }
+
+    async fn release_idempotency(
+        &self,
+        user: &UserId,
+        key: &str,
+        request_hash: &str,
+    ) -> Result<()> {
+        let (user, key, hash) = (user.clone(), key.to_owned(), request_hash.to_owned());
+        self.write(move |conn| idempotency::release(conn, &user, &key, &hash))
+            .await
+    }
+
+    async fn request_outcomes(
+        &self,
+        user: &UserId,
+        request_id: &str,
+    ) -> Result<Option<Vec<ItemOutcome>>> {
+        let (user, request_id) = (user.clone(), request_id.to_owned());
+        let raw = self
+            .read(move |c| idempotency::outcomes(c, &user, &request_id, Clock::now()))
+            .await?;
+        raw.map(|text| serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(e.to_string())))
+            .transpose()
+    }
+
+    async fn purge_expired(&self, now: Clock) -> Result<u64> {
+        self.write(move |conn| idempotency::purge(conn, now)).await
+    }
+
     async fn health(&self) -> Result<()> {
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
-            let conn = inner.writer.lock().expect("writer poisoned");
-            // A write probe: a read-only or locked file must turn readiness red.
+        // A write probe: a read-only or locked file must turn readiness red.
+        self.write(|conn| {
             conn.execute(
                 "INSERT INTO meta (key, value) VALUES ('health', '1') ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 [],
             )
             .map(|_| ())
-            .map_err(unavailable)
         })
         .await
-        .map_err(unavailable)?
     }
 }
 

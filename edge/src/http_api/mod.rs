@@ -1,20 +1,21 @@
 //! The HTTP API of CONTRACT.md §4 as warp routes: push, pull, status, health; CORS; one
 //! error mapping for rejections and handler errors.
 
+mod batch;
+mod idempotency;
+mod items;
+mod pull;
+mod push;
+
 use crate::auth::AuthError;
-use crate::bus::{BusError, Request, Submission};
+use crate::bus::BusError;
 use crate::error::ApiError;
 use crate::state::State;
 use bytes::{Buf, Bytes, BytesMut};
 use futures::{Stream, StreamExt};
 use legato_runtime::admin::HealthResponse;
-use legato_schema::api::{
-    self, Deleted, PullResponse, Rejected, StatusResponse, pending_response, push_response,
-};
-use legato_schema::envelope::RequestKind;
-use legato_schema::write::{self, PrepareOptions};
-use legato_schema::{ChangeSeq, Clock, Cursor, DeviceId, UserId};
-use serde_json::value::RawValue;
+use legato_schema::api;
+use legato_schema::{ChangeSeq, Cursor, DeviceId, UserId};
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
@@ -29,19 +30,27 @@ pub fn routes(state: Arc<State>) -> BoxedFilter<(Response,)> {
         .and(warp::post())
         .and(request(state.clone()))
         .then(|state: Arc<State>, headers, body| {
-            timed(state.clone(), "push", push(state, headers, body))
+            timed(state.clone(), "push", push::push(state, headers, body))
         });
     let pull = warp::path!("api" / "sync" / "pull")
         .and(warp::post())
         .and(request(state.clone()))
         .then(|state: Arc<State>, headers, body| {
-            timed(state.clone(), "pull", pull(state, headers, body))
+            timed(state.clone(), "pull", pull::pull(state, headers, body))
+        });
+    let batch = warp::path!("api" / "sync" / "batch")
+        .and(warp::post())
+        .and(request(state.clone()))
+        .then(|state: Arc<State>, headers, body| {
+            timed(state.clone(), "batch", batch::batch(state, headers, body))
         });
     let status = warp::path!("api" / "sync" / "status")
         .and(warp::get())
         .and(with_state(state.clone()))
         .and(warp::header::headers_cloned())
-        .then(|state: Arc<State>, headers| timed(state.clone(), "status", status(state, headers)));
+        .then(|state: Arc<State>, headers| {
+            timed(state.clone(), "status", pull::status(state, headers))
+        });
     let health = warp::get()
         .and(
             warp::path!("livez")
@@ -74,6 +83,8 @@ pub fn routes(state: Arc<State>) -> BoxedFilter<(Response,)> {
         .max_age(600);
     let recover_state = state.clone();
     push.or(pull)
+        .unify()
+        .or(batch)
         .unify()
         .or(status)
         .unify()
@@ -239,195 +250,19 @@ fn json_response<T: serde::Serialize>(value: &T, status: StatusCode) -> Response
     warp::reply::with_status(warp::reply::json(value), status).into_response()
 }
 
+/// A status and a serialized JSON body: what an idempotent execution returns and stores.
+fn json_body<T: serde::Serialize>(status: StatusCode, value: &T) -> (StatusCode, String) {
+    (
+        status,
+        serde_json::to_string(value).expect("response types serialize"),
+    )
+}
+
 fn bus_error(e: BusError) -> ApiError {
     match e {
         BusError::Unavailable => ApiError::Unavailable("broker"),
         BusError::Refused => ApiError::Unavailable("broker_refused"),
     }
-}
-
-async fn push(
-    state: Arc<State>,
-    headers: HeaderMap,
-    body: Result<Bytes, ApiError>,
-) -> Result<Response, ApiError> {
-    let user = authenticate(&state, &headers)?;
-    let body = body?;
-    let device_id = device_id(&headers)?;
-    let parsed = api::parse_push(&body).map_err(ApiError::BadRequest)?;
-    let limits = &state.config.limits;
-    if parsed.item_count() > limits.max_items {
-        return Err(ApiError::PayloadTooLarge(format!(
-            "Too many items: {} (limit {})",
-            parsed.item_count(),
-            limits.max_items
-        )));
-    }
-    let now = Clock::now();
-    let options = PrepareOptions {
-        now,
-        max_skew_us: state.config.sync.max_clock_skew_secs * 1_000_000,
-        max_item_bytes: limits.max_item_bytes,
-    };
-    let mut items = Vec::new();
-    let mut sent = Vec::new();
-    let mut rejected = Vec::new();
-    for group in parsed.groups {
-        for value in group.items {
-            let reported = write::reported_id(value.get("id"));
-            let Some(entity_type) = group.entity_type else {
-                rejected.push(Rejected {
-                    entity_id: reported,
-                    entity_type: group.key.clone(),
-                    reason: "unknown entity type".into(),
-                });
-                continue;
-            };
-            let id = value.get("id").cloned();
-            match write::prepare(entity_type, id.as_ref(), value, &options) {
-                Ok(prepared) => {
-                    if prepared.clock_clamped {
-                        state.metrics.clock_clamped.inc();
-                    }
-                    sent.push((entity_type, prepared.item.id.to_string()));
-                    items.push(prepared.item);
-                }
-                Err(e) => rejected.push(Rejected {
-                    entity_id: reported,
-                    entity_type: entity_type.as_str().into(),
-                    reason: e.to_string(),
-                }),
-            }
-        }
-    }
-    state.metrics.items_rejected.inc_by(rejected.len() as u64);
-    if items.is_empty() {
-        let token = state.token(state.watermark_or_zero().await);
-        return Ok(json_response(
-            &push_response(&[], &[], rejected, token),
-            StatusCode::OK,
-        ));
-    }
-    let (submission, timings) = state
-        .bus
-        .submit(Request {
-            user,
-            device_id,
-            session_id: None,
-            kind: RequestKind::Push,
-            received_at: now,
-            items,
-            idempotency: None,
-        })
-        .await
-        .map_err(bus_error)?;
-    state.metrics.publish_ack.observe(timings.ack.as_secs_f64());
-    if let Some(commit) = timings.commit {
-        state.metrics.publish_commit.observe(commit.as_secs_f64());
-    }
-    let token = state.token(state.watermark_or_zero().await);
-    Ok(match submission {
-        Submission::Committed(outcomes) => json_response(
-            &push_response(&sent, &outcomes, rejected, token),
-            StatusCode::OK,
-        ),
-        Submission::Pending => {
-            json_response(&pending_response(rejected, token), StatusCode::ACCEPTED)
-        }
-    })
-}
-
-fn raw(payload: String) -> Result<Box<RawValue>, ApiError> {
-    RawValue::from_string(payload).map_err(|e| {
-        tracing::error!(error = %e, "stored payload is not JSON");
-        ApiError::Internal
-    })
-}
-
-async fn pull(
-    state: Arc<State>,
-    headers: HeaderMap,
-    body: Result<Bytes, ApiError>,
-) -> Result<Response, ApiError> {
-    let user = authenticate(&state, &headers)?;
-    let body = body?;
-    let request = api::parse_pull(&body).map_err(ApiError::BadRequest)?;
-    let max_limit = state.config.sync.pull_limit;
-    let limit = request.limit.unwrap_or(max_limit).clamp(1, max_limit);
-    let types = request.types.as_deref();
-    // The watermark is read before the store, so every change at or below it is visible.
-    let watermark = state.bus.watermark().await.map_err(bus_error)?;
-    let now = Clock::now();
-    let Some(since) = request.since else {
-        let entities = state
-            .store
-            .snapshot(&user, types)
-            .await
-            .map_err(|_| ApiError::Unavailable("store"))?;
-        let mut response = PullResponse::new(state.token(watermark), now);
-        for e in entities {
-            if let Some(list) = response.collections.get_mut(e.entity_type.collection_key()) {
-                list.push(raw(e.payload)?);
-            }
-        }
-        return Ok(json_response(&response, StatusCode::OK));
-    };
-    let cursor =
-        Cursor::parse(&since).map_err(|_| ApiError::bad_request("since", "malformed cursor"))?;
-    if cursor.deployment != state.deployment || cursor.seq > watermark {
-        return Err(ApiError::CursorExpired);
-    }
-    let mut entities = state
-        .store
-        .changes_since(&user, cursor.seq, types, limit + 1)
-        .await
-        .map_err(|_| ApiError::Unavailable("store"))?;
-    let has_more = entities.len() > limit;
-    entities.truncate(limit);
-    // Hand back the watermark, not the largest sequence returned: a change below the
-    // largest one may still be in flight in another worker.
-    let next = match (has_more, entities.last()) {
-        (true, Some(last)) => last.seq.min(watermark),
-        _ => watermark,
-    }
-    .max(cursor.seq);
-    let mut response = PullResponse::new(state.token(next), now);
-    let mut deleted = Vec::new();
-    for e in entities {
-        if e.deleted {
-            deleted.push(Deleted {
-                entity_type: e.entity_type,
-                id: e.id,
-                deleted_at: e.deleted_at.unwrap_or(e.clock).to_iso(),
-            });
-        } else if let Some(list) = response.collections.get_mut(e.entity_type.collection_key()) {
-            list.push(raw(e.payload)?);
-        }
-    }
-    response.deleted = Some(deleted);
-    response.has_more = Some(has_more);
-    Ok(json_response(&response, StatusCode::OK))
-}
-
-async fn status(state: Arc<State>, headers: HeaderMap) -> Result<Response, ApiError> {
-    let user = authenticate(&state, &headers)?;
-    let watermark = state.bus.watermark().await.map_err(bus_error)?;
-    let status = state
-        .store
-        .status(&user)
-        .await
-        .map_err(|_| ApiError::Unavailable("store"))?;
-    let pending = state.bus.pending_requests(&user).await.map_err(bus_error)?;
-    Ok(json_response(
-        &StatusResponse {
-            last_sync_time: status.last_commit.map(Clock::to_iso),
-            sync_token: state.token(watermark),
-            pending_changes: pending,
-            device_count: 0,
-            entity_count: status.entity_count,
-        },
-        StatusCode::OK,
-    ))
 }
 
 impl State {
