@@ -298,18 +298,33 @@ impl Pipeline {
 
     /// POSTs JSON as `user` and returns the status and the parsed body.
     pub async fn post(&self, user: &str, path: &str, body: &Value) -> (u16, Value) {
-        let response = self
+        let (status, _, body) = self.post_with(user, path, body, &[]).await;
+        (status, body)
+    }
+
+    /// POSTs JSON with extra headers; returns status, headers and the parsed body.
+    pub async fn post_with(
+        &self,
+        user: &str,
+        path: &str,
+        body: &Value,
+        headers: &[(&str, &str)],
+    ) -> (u16, reqwest::header::HeaderMap, Value) {
+        let mut request = self
             .http
             .post(self.url(path))
             .bearer_auth(Self::token(user))
-            .json(body)
-            .send()
-            .await
-            .expect("request");
+            .json(body);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.send().await.expect("request");
         let status = response.status().as_u16();
+        let headers = response.headers().clone();
         let text = response.text().await.expect("body");
         (
             status,
+            headers,
             serde_json::from_str(&text).unwrap_or(Value::String(text)),
         )
     }
