@@ -103,7 +103,7 @@ async fn one_round(p: &Arc<Pipeline>, user: &str, seed: u64) {
                 for _ in 0..(1 + rng.next() % 3) {
                     let id = format!("e{}", rng.next() % 40);
                     let clock = 1_750_000_000_000 + (rng.next() % 50) as i64 * 1000;
-                    if rng.next() % 5 == 0 {
+                    if rng.next().is_multiple_of(5) {
                         items.push(json!({"id": id, "deletedAt": clock}));
                     } else {
                         items.push(
