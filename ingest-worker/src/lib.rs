@@ -12,7 +12,7 @@ use legato_runtime::admin::Health;
 use prometheus::Registry;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -39,15 +39,8 @@ impl Application {
             let (client, provisioned, store) = (client.clone(), provisioned.clone(), store.clone());
             Health::new(registry)
                 .check("nats", move || {
-                    let ok = legato_runtime::nats::is_connected(&client);
-                    let ready = provisioned.load(Ordering::SeqCst);
-                    async move {
-                        match (ok, ready) {
-                            (false, _) => Err("not connected".into()),
-                            (true, false) => Err("streams not provisioned yet".into()),
-                            (true, true) => Ok(()),
-                        }
-                    }
+                    let ready = legato_runtime::nats::worker_ready(&client, &provisioned);
+                    async move { ready }
                 })
                 .check("store", move || {
                     let store = store.clone();

@@ -208,3 +208,18 @@ pub async fn drain(client: &async_nats::Client) {
         Err(_) => tracing::warn!("NATS drain timed out"),
     }
 }
+
+/// The readiness of a worker's bus side: connected, and its streams and consumer provisioned.
+pub fn worker_ready(
+    client: &async_nats::Client,
+    provisioned: &std::sync::atomic::AtomicBool,
+) -> Result<(), String> {
+    match (
+        is_connected(client),
+        provisioned.load(std::sync::atomic::Ordering::SeqCst),
+    ) {
+        (false, _) => Err("not connected".into()),
+        (true, false) => Err("streams not provisioned yet".into()),
+        (true, true) => Ok(()),
+    }
+}

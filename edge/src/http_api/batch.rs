@@ -4,8 +4,8 @@
 
 use super::items::{RawItem, prepare_items};
 use super::pull::{parse_since, raw, read_changes};
-use super::push::submit;
-use super::{ApiError, State, authenticate, device_id, idempotency, json_body};
+use super::push::{WriteRequest, check_item_count, submit};
+use super::{ApiError, State, idempotency, json_body};
 use crate::bus::Submission;
 use bytes::Bytes;
 use legato_schema::api::{self, BatchConflict, BatchEntityOut, BatchResponse};
@@ -35,20 +35,14 @@ pub(super) async fn batch(
     headers: HeaderMap,
     body: Result<Bytes, ApiError>,
 ) -> Result<Response, ApiError> {
-    let user = authenticate(&state, &headers)?;
-    let body = body?;
-    let device = device_id(&headers)?;
-    let key = idempotency::key_from_headers(&headers)?;
-    let value = api::parse_json(&body).map_err(ApiError::BadRequest)?;
-    let key = key.map(|k| (k, api::request_hash("POST", PATH, &value)));
-    let parsed = api::batch_from_value(value).map_err(ApiError::BadRequest)?;
-    let limit = state.config.limits.max_items;
-    if parsed.entities.len() > limit {
-        return Err(ApiError::PayloadTooLarge(format!(
-            "Too many entities: {} (limit {limit})",
-            parsed.entities.len()
-        )));
-    }
+    let WriteRequest {
+        user,
+        device,
+        key,
+        body,
+    } = WriteRequest::read(&state, &headers, body, PATH)?;
+    let parsed = api::batch_from_value(body).map_err(ApiError::BadRequest)?;
+    check_item_count(&state, parsed.entities.len())?;
     let mut envelope_rejected = Vec::new();
     let mut raw_items = Vec::with_capacity(parsed.entities.len());
     for entity in parsed.entities {

@@ -6,7 +6,8 @@ use crate::bus::{Request, Submission};
 use bytes::Bytes;
 use legato_schema::api::{self, pending_response, push_response};
 use legato_schema::envelope::RequestKind;
-use legato_schema::{Clock, UserId};
+use legato_schema::{Clock, DeviceId, UserId};
+use serde_json::Value;
 use std::sync::Arc;
 use warp::http::{HeaderMap, StatusCode};
 use warp::reply::Response;
@@ -18,20 +19,14 @@ pub(super) async fn push(
     headers: HeaderMap,
     body: Result<Bytes, ApiError>,
 ) -> Result<Response, ApiError> {
-    let user = authenticate(&state, &headers)?;
-    let body = body?;
-    let device = device_id(&headers)?;
-    let key = idempotency::key_from_headers(&headers)?;
-    let value = api::parse_json(&body).map_err(ApiError::BadRequest)?;
-    let key = key.map(|k| (k, api::request_hash("POST", PATH, &value)));
-    let parsed = api::push_from_value(value).map_err(ApiError::BadRequest)?;
-    let limit = state.config.limits.max_items;
-    if parsed.item_count() > limit {
-        return Err(ApiError::PayloadTooLarge(format!(
-            "Too many items: {} (limit {limit})",
-            parsed.item_count()
-        )));
-    }
+    let WriteRequest {
+        user,
+        device,
+        key,
+        body,
+    } = WriteRequest::read(&state, &headers, body, PATH)?;
+    let parsed = api::push_from_value(body).map_err(ApiError::BadRequest)?;
+    check_item_count(&state, parsed.item_count())?;
     let raw = parsed
         .groups
         .into_iter()
@@ -81,11 +76,52 @@ pub(super) async fn push(
     .await
 }
 
+/// What push and batch read before their own body shape: the user, the device, the
+/// idempotency key with the request hash, and the body as JSON.
+pub(super) struct WriteRequest {
+    pub user: UserId,
+    pub device: Option<DeviceId>,
+    pub key: Option<(String, String)>,
+    pub body: Value,
+}
+
+impl WriteRequest {
+    pub fn read(
+        state: &State,
+        headers: &HeaderMap,
+        body: Result<Bytes, ApiError>,
+        path: &str,
+    ) -> Result<WriteRequest, ApiError> {
+        let user = authenticate(state, headers)?;
+        let body = body?;
+        let device = device_id(headers)?;
+        let key = idempotency::key_from_headers(headers)?;
+        let body = api::parse_json(&body).map_err(ApiError::BadRequest)?;
+        let key = key.map(|k| (k, api::request_hash("POST", path, &body)));
+        Ok(WriteRequest {
+            user,
+            device,
+            key,
+            body,
+        })
+    }
+}
+
+pub(super) fn check_item_count(state: &State, count: usize) -> Result<(), ApiError> {
+    let limit = state.config.limits.max_items;
+    if count > limit {
+        return Err(ApiError::PayloadTooLarge(format!(
+            "Too many items: {count} (limit {limit})"
+        )));
+    }
+    Ok(())
+}
+
 /// Publishes and waits, recording the latencies.
 pub(super) async fn submit(
     state: &State,
     user: UserId,
-    device_id: Option<legato_schema::DeviceId>,
+    device_id: Option<DeviceId>,
     now: Clock,
     items: Vec<legato_schema::write::WriteItem>,
     idempotency: Option<legato_schema::envelope::IdempotencyRef>,
