@@ -214,6 +214,11 @@ impl Bus {
         {
             return Ok(ChangeSeq::through_message(w));
         }
+        self.fresh_watermark().await
+    }
+
+    /// The commit watermark read from the broker now, bypassing the cache.
+    pub async fn fresh_watermark(&self) -> Result<ChangeSeq, BusError> {
         if !legato_runtime::nats::is_connected(&self.client) {
             return Err(BusError::Unavailable);
         }

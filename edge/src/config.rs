@@ -18,6 +18,52 @@ pub struct EdgeConfig {
     pub limits: Limits,
     pub cors: CorsConfig,
     pub sync: SyncConfig,
+    pub ws: WsConfig,
+}
+
+/// WebSocket session limits (CONTRACT.md §5).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct WsConfig {
+    /// Per edge: a user with this many sessions here gets 429 for the next one.
+    pub max_sessions_per_user: usize,
+    /// Larger frames close the session with 1009.
+    pub max_frame_bytes: usize,
+    /// A session with no frame from the client for this long is closed with 1001.
+    pub idle_timeout_secs: u64,
+    /// tokio-tungstenite's read buffer per session; the main term of idle memory.
+    pub read_buffer_bytes: usize,
+    /// Live messages queued per session before it is switched to catch-up.
+    pub outbound_queue: usize,
+    /// Client frames per second per session (token bucket), and the burst allowed.
+    pub rate_per_sec: u32,
+    pub rate_burst: u32,
+    /// Mutations of one session executing at once.
+    pub max_inflight_mutations: usize,
+    /// On shutdown, sessions are closed (1012) this many at a time, `close_pause_ms` apart,
+    /// so clients do not all reconnect to the other edges in the same instant.
+    pub close_batch: usize,
+    pub close_pause_ms: u64,
+    /// How long `status` collects session counts from all edges for `deviceCount`.
+    pub presence_wait_ms: u64,
+}
+
+impl Default for WsConfig {
+    fn default() -> Self {
+        WsConfig {
+            max_sessions_per_user: 32,
+            max_frame_bytes: 1024 * 1024,
+            idle_timeout_secs: 90,
+            read_buffer_bytes: 4096,
+            outbound_queue: 256,
+            rate_per_sec: 20,
+            rate_burst: 60,
+            max_inflight_mutations: 4,
+            close_batch: 500,
+            close_pause_ms: 20,
+            presence_wait_ms: 25,
+        }
+    }
 }
 
 impl Default for EdgeConfig {
@@ -35,6 +81,7 @@ impl Default for EdgeConfig {
             limits: Limits::default(),
             cors: CorsConfig::default(),
             sync: SyncConfig::default(),
+            ws: WsConfig::default(),
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod error;
 pub mod http_api;
 pub mod metrics;
 pub mod state;
+pub mod ws;
 
 use anyhow::Context;
 use config::EdgeConfig;
@@ -40,6 +41,7 @@ impl Application {
             .await
             .with_context(|| format!("binding {}", config.admin_listen))?;
         let store = legato_runtime::store::open(&config.store, &config.data_dir)
+            .await
             .context("opening the store")?;
         let deployment = store
             .deployment_id()
@@ -80,6 +82,12 @@ impl Application {
                     }
                 });
             State {
+                hub: ws::hub::Hub::new(
+                    bus.client().clone(),
+                    config.ws.outbound_queue,
+                    config.ws.max_sessions_per_user,
+                ),
+                sessions: tokio_util::task::TaskTracker::new(),
                 auth: auth::Authenticator::new(&config.auth),
                 config,
                 bus,
@@ -107,14 +115,32 @@ impl Application {
     /// Serves HTTP and the admin port until `shutdown`, then drains in-flight requests.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let routes = http_api::routes(self.state.clone());
-        let service = TowerToHyperService::new(warp::service(routes));
+        let service = ws::EdgeService {
+            state: self.state.clone(),
+            warp: TowerToHyperService::new(warp::service(routes)),
+        };
         let admin = tokio::spawn(legato_runtime::admin::serve(
             self.admin_listener,
             self.state.health.clone(),
             shutdown.clone(),
         ));
         tracing::info!(addr = %self.listener.local_addr()?, "edge listening");
+        // Sessions close first (1012, in batches), then the listener stops and drains.
+        let closer = {
+            let (state, shutdown) = (self.state.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                shutdown.cancelled().await;
+                let ws = &state.config.ws;
+                state
+                    .hub
+                    .close_all(ws.close_batch, Duration::from_millis(ws.close_pause_ms))
+                    .await;
+                state.sessions.close();
+                state.sessions.wait().await;
+            })
+        };
         legato_runtime::http::serve(self.listener, service, shutdown).await;
+        closer.await.context("closing sessions")?;
         admin.await.context("admin server task")?;
         legato_runtime::nats::drain(self.state.bus.client()).await;
         Ok(())

@@ -2,7 +2,7 @@
 //! codes, causes — never a user id.
 
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
 };
 
 #[derive(Clone)]
@@ -14,6 +14,13 @@ pub struct EdgeMetrics {
     pub unavailable: IntCounterVec,
     pub clock_clamped: IntCounter,
     pub items_rejected: IntCounter,
+    pub ws_sessions: IntGauge,
+    pub ws_opened: IntCounter,
+    pub ws_closed: IntCounterVec,
+    pub ws_refused: IntCounterVec,
+    pub ws_messages_in: IntCounterVec,
+    pub ws_frames_out: IntCounter,
+    pub ws_catch_ups: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -64,7 +71,45 @@ impl EdgeMetrics {
                 "legato_edge_items_rejected_total",
                 "Items refused by per-item validation",
             )?,
+            ws_sessions: IntGauge::new("legato_edge_ws_sessions", "Open WebSocket sessions")?,
+            ws_opened: IntCounter::new("legato_edge_ws_opened_total", "WebSocket sessions opened")?,
+            ws_closed: IntCounterVec::new(
+                Opts::new(
+                    "legato_edge_ws_closed_total",
+                    "WebSocket sessions closed by reason",
+                ),
+                &["reason"],
+            )?,
+            ws_refused: IntCounterVec::new(
+                Opts::new(
+                    "legato_edge_ws_refused_total",
+                    "WebSocket upgrades refused by status",
+                ),
+                &["status"],
+            )?,
+            ws_messages_in: IntCounterVec::new(
+                Opts::new("legato_edge_ws_messages_in_total", "Client frames by type"),
+                &["type"],
+            )?,
+            ws_frames_out: IntCounter::new(
+                "legato_edge_ws_frames_out_total",
+                "Frames sent to clients",
+            )?,
+            ws_catch_ups: IntCounterVec::new(
+                Opts::new(
+                    "legato_edge_ws_catch_ups_total",
+                    "Catch-ups by cause (client request or slow consumer)",
+                ),
+                &["cause"],
+            )?,
         };
+        registry.register(Box::new(m.ws_sessions.clone()))?;
+        registry.register(Box::new(m.ws_opened.clone()))?;
+        registry.register(Box::new(m.ws_closed.clone()))?;
+        registry.register(Box::new(m.ws_refused.clone()))?;
+        registry.register(Box::new(m.ws_messages_in.clone()))?;
+        registry.register(Box::new(m.ws_frames_out.clone()))?;
+        registry.register(Box::new(m.ws_catch_ups.clone()))?;
         registry.register(Box::new(m.http_requests.clone()))?;
         registry.register(Box::new(m.http_duration.clone()))?;
         registry.register(Box::new(m.publish_ack.clone()))?;

@@ -4,8 +4,11 @@ use crate::auth::Authenticator;
 use crate::bus::Bus;
 use crate::config::EdgeConfig;
 use crate::metrics::EdgeMetrics;
+use crate::ws::hub::Hub;
 use legato_runtime::admin::Health;
 use legato_store::SharedStore;
+use std::sync::Arc;
+use tokio_util::task::TaskTracker;
 
 pub struct State {
     pub config: EdgeConfig,
@@ -16,4 +19,7 @@ pub struct State {
     pub deployment: String,
     pub metrics: EdgeMetrics,
     pub health: Health,
+    pub hub: Arc<Hub>,
+    /// Every WebSocket session task, so shutdown can wait for them.
+    pub sessions: TaskTracker,
 }

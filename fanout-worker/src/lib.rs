@@ -1,18 +1,18 @@
 //! The Legato fanout worker: a member of the shared durable consumer `fanout` on `SYNC_OUT`.
-//!
-//! This is the foundation stage: it provisions `SYNC_OUT` and its consumer and drains
-//! committed batches (acking them, counting them) so the stream stays bounded. Rendering
-//! them into client messages on `sync.deliver.<user>` arrives with the real-time issue.
+//! It turns committed changes into client messages and publishes them on core NATS
+//! `sync.deliver.<user>`; edges holding sessions of that user subscribe. No subscriber, no
+//! cost: NATS interest routing is the presence map. See [`worker`] for the loop.
+
+pub mod metrics;
+pub mod worker;
 
 use anyhow::Context;
-use async_nats::jetstream;
 use futures::StreamExt;
 use legato_runtime::admin::Health;
 use legato_runtime::config::NatsConfig;
 use legato_runtime::nats::{self, BusLimits, ConsumerSettings};
-use legato_schema::envelope::{self, CommittedBatch};
 use legato_schema::subject;
-use prometheus::{IntCounter, Registry};
+use prometheus::Registry;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -28,6 +28,12 @@ pub struct FanoutConfig {
     pub nats: NatsConfig,
     pub bus: BusLimits,
     pub consumer: ConsumerSettings,
+    /// Committed batches fetched (and coalesced) together.
+    pub max_batch: usize,
+    /// How long a fetch waits for more batches; small, since it adds to delivery latency
+    /// only when the stream is idle.
+    pub fetch_expires_ms: u64,
+    pub watermark_cache_ms: u64,
 }
 
 impl Default for FanoutConfig {
@@ -40,6 +46,9 @@ impl Default for FanoutConfig {
             },
             bus: BusLimits::default(),
             consumer: ConsumerSettings::default(),
+            max_batch: 256,
+            fetch_expires_ms: 1_000,
+            watermark_cache_ms: 20,
         }
     }
 }
@@ -50,7 +59,7 @@ pub struct Application {
     client: async_nats::Client,
     config: FanoutConfig,
     provisioned: Arc<AtomicBool>,
-    changes_in: IntCounter,
+    metrics: metrics::FanoutMetrics,
 }
 
 impl Application {
@@ -62,21 +71,13 @@ impl Application {
             .await
             .context("connecting to NATS")?;
         let registry = Registry::new();
-        let changes_in =
-            IntCounter::new("legato_fanout_changes_total", "Committed changes received")?;
-        registry.register(Box::new(changes_in.clone()))?;
+        let metrics = metrics::FanoutMetrics::register(&registry).context("registering metrics")?;
         let provisioned = Arc::new(AtomicBool::new(false));
         let health = {
             let (client, provisioned) = (client.clone(), provisioned.clone());
             Health::new(registry).check("nats", move || {
-                let ok = nats::is_connected(&client) && provisioned.load(Ordering::SeqCst);
-                async move {
-                    if ok {
-                        Ok(())
-                    } else {
-                        Err("not connected or not provisioned".into())
-                    }
-                }
+                let ready = nats::worker_ready(&client, &provisioned);
+                async move { ready }
             })
         };
         Ok(Application {
@@ -85,7 +86,7 @@ impl Application {
             client,
             config,
             provisioned,
-            changes_in,
+            metrics,
         })
     }
 
@@ -93,13 +94,14 @@ impl Application {
         self.admin_listener.local_addr().expect("bound listener")
     }
 
+    /// Consumes until `shutdown`; the batch in flight is published and acked first.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let admin = tokio::spawn(legato_runtime::admin::serve(
             self.admin_listener,
             self.health,
             shutdown.clone(),
         ));
-        let js = jetstream::new(self.client.clone());
+        let js = async_nats::jetstream::new(self.client.clone());
         let consumer = loop {
             let attempt = async {
                 let stream =
@@ -120,33 +122,50 @@ impl Application {
         };
         if let Some(consumer) = consumer {
             self.provisioned.store(true, Ordering::SeqCst);
+            let mut fanout = worker::Fanout::new(
+                self.client.clone(),
+                self.metrics.clone(),
+                Duration::from_millis(self.config.watermark_cache_ms),
+            );
             while !shutdown.is_cancelled() {
                 let fetched = tokio::select! {
-                    r = consumer.fetch().max_messages(256).expires(Duration::from_secs(1)).messages() => r,
+                    r = consumer
+                        .fetch()
+                        .max_messages(self.config.max_batch)
+                        .expires(Duration::from_millis(self.config.fetch_expires_ms))
+                        .messages() => r,
                     _ = shutdown.cancelled() => break,
                 };
                 let Ok(mut messages) = fetched else {
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                    continue;
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(250)) => continue,
+                        _ = shutdown.cancelled() => break,
+                    }
                 };
+                let gather_until = tokio::time::Instant::now()
+                    + Duration::from_millis(self.config.fetch_expires_ms)
+                    + Duration::from_secs(1);
+                let mut received = Vec::new();
                 loop {
                     let next = tokio::select! {
-                        next = tokio::time::timeout(Duration::from_secs(2), messages.next()) => next,
+                        next = tokio::time::timeout_at(gather_until, messages.next()) => next,
                         _ = shutdown.cancelled() => break,
                     };
                     let Ok(Some(Ok(message))) = next else { break };
-                    match envelope::decode::<CommittedBatch>(&message.payload) {
-                        Ok(batch) => self.changes_in.inc_by(batch.changes.len() as u64),
-                        Err(e) => tracing::error!(error = %e, "undecodable committed batch"),
+                    if let Some(r) = fanout.decode(message).await {
+                        received.push(r);
                     }
-                    if let Err(e) = message.ack().await {
-                        tracing::warn!(error = %e, "ack failed");
+                }
+                if !received.is_empty() && !fanout.process(received).await {
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                        _ = shutdown.cancelled() => break,
                     }
                 }
             }
         }
         admin.await.context("admin server task")?;
-        legato_runtime::nats::drain(&self.client).await;
+        nats::drain(&self.client).await;
         Ok(())
     }
 }

@@ -28,6 +28,7 @@ impl Application {
             .await
             .with_context(|| format!("binding {}", config.admin_listen))?;
         let store = legato_runtime::store::open(&config.store, &config.data_dir)
+            .await
             .context("opening the store")?;
         let client = legato_runtime::nats::connect(&config.nats)
             .await

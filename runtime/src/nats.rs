@@ -186,6 +186,43 @@ pub async fn ensure_consumer(
         .map_err(js_err)
 }
 
+/// The delivery watermark's inputs at one instant: the commit watermark `committed`, and the
+/// last `SYNC_OUT` sequence `published`. Every change at or below `committed` had its
+/// `SYNC_OUT` message stored before `committed` was read (ingest publishes before it acks),
+/// so once fanout has acked every `SYNC_OUT` message up to `published`, every change at or
+/// below `committed` has been published to the edges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeliverySample {
+    pub committed: u64,
+    pub published: u64,
+}
+
+pub async fn delivery_sample(js: &jetstream::Context) -> Result<DeliverySample, BusError> {
+    let committed = ingest_watermark(js).await?;
+    let out = js
+        .get_stream_no_info(subject::SYNC_OUT_STREAM)
+        .await
+        .map_err(js_err)?;
+    let published = out.get_info().await.map_err(js_err)?.state.last_sequence;
+    Ok(DeliverySample {
+        committed,
+        published,
+    })
+}
+
+/// Every `SYNC_OUT` message at or below this is fanned out (published and acked).
+pub async fn fanout_floor(js: &jetstream::Context) -> Result<u64, BusError> {
+    let out = js
+        .get_stream_no_info(subject::SYNC_OUT_STREAM)
+        .await
+        .map_err(js_err)?;
+    let info = out
+        .consumer_info(subject::FANOUT_CONSUMER)
+        .await
+        .map_err(js_err)?;
+    Ok(info.ack_floor.stream_sequence)
+}
+
 /// The commit watermark: every `SYNC_IN` message at or below it is committed to the store.
 pub async fn ingest_watermark(js: &jetstream::Context) -> Result<u64, BusError> {
     let stream = js

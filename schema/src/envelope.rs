@@ -90,6 +90,25 @@ pub struct CommittedBatch {
     pub changes: Vec<Change>,
 }
 
+/// Rendered client frames for one user: fanout → `sync.deliver.<user>` (core NATS), with
+/// the origin device and session in the headers [`ORIGIN_DEVICE`] and [`ORIGIN_SESSION`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivery {
+    pub v: u32,
+    pub frames: Vec<DeliveredFrame>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveredFrame {
+    /// The safe cursor this frame carries (at most the commit watermark).
+    pub seq: u64,
+    /// The frame's JSON text, as sent to clients.
+    pub text: String,
+}
+
+pub const ORIGIN_DEVICE: &str = "Legato-Origin-Device";
+pub const ORIGIN_SESSION: &str = "Legato-Origin-Session";
+
 #[derive(Deserialize)]
 struct Probe {
     v: u32,

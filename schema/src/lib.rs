@@ -16,6 +16,7 @@ pub mod ids;
 pub mod score_id;
 pub mod subject;
 pub mod write;
+pub mod ws;
 
 pub use clock::{Clock, Version};
 pub use cursor::{ChangeSeq, Cursor};

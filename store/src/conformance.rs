@@ -12,10 +12,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Generates one `#[tokio::test]` per check. `$make` is an expression evaluating to a closure
 /// that returns a future of `(store, guard)`; the guard (e.g. a temp dir) lives to the end.
+///
+/// `conformance_tests!(optional $make)` is for backends that need an outside server: the
+/// future yields `Result<(store, guard), String>`, and `Err(reason)` skips the check with the
+/// reason printed to stderr (e.g. "SCYLLA_NODES not set") instead of failing it.
 #[macro_export]
 macro_rules! conformance_tests {
-    ($make:expr) => {
-        $crate::conformance_tests!(@each $make;
+    (@checks @$mode:ident $make:expr) => {
+        $crate::conformance_tests!(@$mode $make;
             applied_write_is_readable,
             lww_outcomes_follow_the_contract_order,
             tombstones_take_part_in_lww,
@@ -34,7 +38,7 @@ macro_rules! conformance_tests {
             outcomes_are_recorded_with_the_apply,
         );
     };
-    (@each $make:expr; $($check:ident),* $(,)?) => {
+    (@required $make:expr; $($check:ident),* $(,)?) => {
         $(
             #[tokio::test]
             async fn $check() {
@@ -42,6 +46,27 @@ macro_rules! conformance_tests {
                 $crate::conformance::$check(&store).await;
             }
         )*
+    };
+    (@optional $make:expr; $($check:ident),* $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $check() {
+                let (store, _guard) = match ($make)().await {
+                    Ok(made) => made,
+                    Err(reason) => {
+                        eprintln!("skipped {}: {reason}", stringify!($check));
+                        return;
+                    }
+                };
+                $crate::conformance::$check(&store).await;
+            }
+        )*
+    };
+    (optional $make:expr) => {
+        $crate::conformance_tests!(@checks @optional $make);
+    };
+    ($make:expr) => {
+        $crate::conformance_tests!(@checks @required $make);
     };
 }
 

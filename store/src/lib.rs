@@ -1,10 +1,11 @@
 //! The store: the source of truth for entity state (DESIGN.md "Store").
 //!
 //! [`Store`] is the one interface the workers and the edge use. Backends: [`sqlite`] (the
-//! embedded default) and, with the production issue, ScyllaDB. Every backend must pass the
-//! [`conformance`] suite, which states the trait's contract as executable checks.
+//! embedded default) and [`scylla`] (production). Every backend must pass the [`conformance`]
+//! suite, which states the trait's contract as executable checks.
 
 pub mod conformance;
+pub mod scylla;
 pub mod sqlite;
 
 use async_trait::async_trait;

@@ -3,6 +3,7 @@
 //! in-process on port 0 over a temporary SQLite file.
 
 pub mod nats_server;
+pub mod ws_client;
 
 use legato_edge::config::EdgeConfig;
 use legato_ingest::config::IngestConfig;
@@ -70,6 +71,10 @@ pub struct PipelineOptions {
     pub commit_wait_ms: u64,
     /// See `BatchSettings::apply_jitter_ms`.
     pub apply_jitter_ms: u64,
+    pub edges: usize,
+    pub fanout_workers: usize,
+    /// Edge WebSocket settings.
+    pub ws: legato_edge::config::WsConfig,
 }
 
 impl Default for PipelineOptions {
@@ -78,6 +83,9 @@ impl Default for PipelineOptions {
             ingest_workers: 1,
             commit_wait_ms: 5_000,
             apply_jitter_ms: 0,
+            edges: 1,
+            fanout_workers: 1,
+            ws: legato_edge::config::WsConfig::default(),
         }
     }
 }
@@ -89,8 +97,11 @@ pub struct Pipeline {
     pub data_dir: TempDir,
     pub edge_addr: SocketAddr,
     pub edge: Service,
+    /// Edges beyond the first: main port and service.
+    pub more_edges: Vec<(SocketAddr, Service)>,
     pub ingest: Vec<Service>,
     pub fanout: Service,
+    pub more_fanouts: Vec<Service>,
     pub http: reqwest::Client,
 }
 
@@ -119,49 +130,55 @@ impl Pipeline {
         for n in 0..options.ingest_workers {
             ingest.push(Self::spawn_ingest(&nats, &data_dir, n, &options).await);
         }
-        let fanout = {
-            let config = legato_fanout::FanoutConfig {
-                admin_listen: "127.0.0.1:0".into(),
-                nats: nats_config(&nats, "test-fanout"),
-                ..Default::default()
-            };
-            let app = legato_fanout::Application::build(config)
-                .await
-                .expect("fanout build");
-            let admin = app.admin_addr();
-            let token = CancellationToken::new();
-            let task = tokio::spawn(app.run_until_stopped(token.clone()));
-            Service { admin, token, task }
-        };
-        let mut config = EdgeConfig {
-            listen: "127.0.0.1:0".into(),
-            admin_listen: "127.0.0.1:0".into(),
-            data_dir: data_dir.path().to_path_buf(),
-            nats: nats_config(&nats, "test-edge"),
-            store: store_config(&data_dir),
-            ..EdgeConfig::default()
-        };
-        config.auth.jwt_secret = Secret::new(SECRET);
-        config.sync.commit_wait_ms = options.commit_wait_ms;
-        let app = legato_edge::Application::build(config)
-            .await
-            .expect("edge build");
-        let edge_addr = app.local_addr();
-        let admin = app.admin_addr();
-        let token = CancellationToken::new();
-        let task = tokio::spawn(app.run_until_stopped(token.clone()));
+        let fanout = Self::spawn_fanout(&nats, 0).await;
+        let mut more_fanouts = Vec::new();
+        for n in 1..options.fanout_workers.max(1) {
+            more_fanouts.push(Self::spawn_fanout(&nats, n).await);
+        }
+        let (edge_addr, edge) = Self::spawn_edge(&nats, &data_dir, &options).await;
+        let mut more_edges = Vec::new();
+        for _ in 1..options.edges.max(1) {
+            more_edges.push(Self::spawn_edge(&nats, &data_dir, &options).await);
+        }
         let pipeline = Pipeline {
             options,
             nats,
             data_dir,
             edge_addr,
-            edge: Service { admin, token, task },
+            edge,
+            more_edges,
             ingest,
             fanout,
+            more_fanouts,
             http: reqwest::Client::new(),
         };
         pipeline.wait_ready().await;
         pipeline
+    }
+
+    pub async fn spawn_fanout(nats: &NatsServer, n: usize) -> Service {
+        let config = legato_fanout::FanoutConfig {
+            admin_listen: "127.0.0.1:0".into(),
+            nats: nats_config(nats, &format!("test-fanout-{n}")),
+            fetch_expires_ms: 200,
+            ..Default::default()
+        };
+        let app = legato_fanout::Application::build(config)
+            .await
+            .expect("fanout build");
+        let admin = app.admin_addr();
+        let token = CancellationToken::new();
+        let task = tokio::spawn(app.run_until_stopped(token.clone()));
+        Service { admin, token, task }
+    }
+
+    /// The main port of edge `n` (0 is [`Pipeline::edge_addr`]).
+    pub fn edge_at(&self, n: usize) -> SocketAddr {
+        if n == 0 {
+            self.edge_addr
+        } else {
+            self.more_edges[n - 1].0
+        }
     }
 
     async fn spawn_edge(
@@ -179,6 +196,7 @@ impl Pipeline {
         };
         config.auth.jwt_secret = Secret::new(SECRET);
         config.sync.commit_wait_ms = options.commit_wait_ms;
+        config.ws = options.ws.clone();
         let app = legato_edge::Application::build(config)
             .await
             .expect("edge build");
@@ -270,6 +288,8 @@ impl Pipeline {
     /// Waits until the edge and every worker answer `/readyz` with 200.
     pub async fn wait_ready(&self) {
         let mut admins = vec![self.edge.admin, self.fanout.admin];
+        admins.extend(self.more_edges.iter().map(|(_, s)| s.admin));
+        admins.extend(self.more_fanouts.iter().map(|s| s.admin));
         admins.extend(self.ingest.iter().map(|s| s.admin));
         for admin in admins {
             let http = self.http.clone();
@@ -355,5 +375,11 @@ impl Pipeline {
             worker.stop().await;
         }
         self.fanout.stop().await;
+        for (_, edge) in self.more_edges {
+            edge.stop().await;
+        }
+        for fanout in self.more_fanouts {
+            fanout.stop().await;
+        }
     }
 }

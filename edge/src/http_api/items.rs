@@ -9,7 +9,7 @@ use serde_json::Value;
 use std::collections::HashMap;
 
 /// One item as the client sent it.
-pub(super) struct RawItem {
+pub(crate) struct RawItem {
     /// The entity type, or the unknown name the item came under.
     pub entity_type: Result<EntityType, String>,
     pub id: Option<Value>,
@@ -19,7 +19,7 @@ pub(super) struct RawItem {
 }
 
 /// Items ready to publish, in request order, and what was refused.
-pub(super) struct PreparedItems {
+pub(crate) struct PreparedItems {
     pub items: Vec<WriteItem>,
     pub versions: Vec<Option<u64>>,
     pub rejected: Vec<Rejected>,
@@ -34,12 +34,12 @@ impl PreparedItems {
     }
 }
 
-pub(super) const DUPLICATE_IN_REQUEST: &str =
+pub(crate) const DUPLICATE_IN_REQUEST: &str =
     "duplicate id in this request: the last item with this id wins";
 
 /// Validates every item on its own. When one request carries the same entity twice, the last
 /// one in request order is applied and the earlier ones are reported as rejected.
-pub(super) fn prepare_items(state: &State, raw: Vec<RawItem>, now: Clock) -> PreparedItems {
+pub(crate) fn prepare_items(state: &State, raw: Vec<RawItem>, now: Clock) -> PreparedItems {
     let options = PrepareOptions {
         now,
         max_skew_us: state.config.sync.max_clock_skew_secs * 1_000_000,

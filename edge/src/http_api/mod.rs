@@ -3,7 +3,7 @@
 
 mod batch;
 mod idempotency;
-mod items;
+pub(crate) mod items;
 mod pull;
 mod push;
 

@@ -125,11 +125,14 @@ pub(super) async fn status(state: Arc<State>, headers: HeaderMap) -> Result<Resp
         .await
         .map_err(|_| ApiError::Unavailable("store"))?;
     let pending = state.bus.pending_requests(&user).await.map_err(bus_error)?;
+    let devices = crate::ws::device_count(&state, &user)
+        .await
+        .map_err(|_| ApiError::Unavailable("broker"))?;
     let body = StatusResponse {
         last_sync_time: status.last_commit.map(Clock::to_iso),
         sync_token: state.token(watermark),
         pending_changes: pending,
-        device_count: 0,
+        device_count: devices,
         entity_count: status.entity_count,
     };
     Ok(json_response(&body, StatusCode::OK))

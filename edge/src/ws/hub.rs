@@ -1,0 +1,320 @@
+//! The edge's session hub: which sessions of which user live here, and the NATS interest
+//! that follows them. While it holds at least one session of a user, the edge subscribes to
+//! `sync.deliver.<user>` (live changes from fanout) and `sync.presence.<user>` (session counts
+//! for `deviceCount`); after the last one leaves, it unsubscribes.
+//!
+//! Delivery never blocks: each session has a bounded queue. A full queue marks the session
+//! as lagging and wakes it; the session drops what is queued and catches up from the store.
+
+use async_nats::Subscriber;
+use bytes::Bytes;
+use futures::StreamExt;
+use legato_schema::envelope::{self, Delivery, ORIGIN_DEVICE, ORIGIN_SESSION};
+use legato_schema::{UserId, subject};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+use tokio::sync::{Notify, mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+/// What the hub sends a session.
+pub enum Outbound {
+    Delivery(Arc<Delivery>),
+}
+
+/// The hub's handle on one session.
+pub struct SessionLink {
+    /// Unique across edges; travels as the origin session of this session's writes.
+    pub session_id: String,
+    pub device: Option<String>,
+    pub tx: mpsc::Sender<Outbound>,
+    /// Set when a delivery found the queue full; the session then catches up.
+    pub lagging: AtomicBool,
+    pub wake: Notify,
+    /// Cancelled to close the session (shutdown: 1012).
+    pub close: CancellationToken,
+    /// The highest `seq`/`lastSeq` sent to the client: a cursor it can safely resume from,
+    /// since everything below it was either delivered live or read by a catch-up.
+    pub delivered: AtomicU64,
+}
+
+impl SessionLink {
+    pub fn new(
+        session_id: String,
+        device: Option<String>,
+        queue: usize,
+    ) -> (Arc<SessionLink>, mpsc::Receiver<Outbound>) {
+        let (tx, rx) = mpsc::channel(queue.max(1));
+        let link = SessionLink {
+            session_id,
+            device,
+            tx,
+            lagging: AtomicBool::new(false),
+            wake: Notify::new(),
+            close: CancellationToken::new(),
+            delivered: AtomicU64::new(0),
+        };
+        (Arc::new(link), rx)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RegisterError {
+    #[error("too many sessions for this user")]
+    TooMany,
+    #[error("broker unavailable")]
+    Unavailable,
+}
+
+struct UserEntry {
+    sessions: Vec<Arc<SessionLink>>,
+    /// `true` once the user's subscriptions are live.
+    ready: watch::Receiver<bool>,
+    pump: Option<tokio::task::AbortHandle>,
+}
+
+pub struct Hub {
+    client: async_nats::Client,
+    users: Mutex<HashMap<UserId, UserEntry>>,
+    instance: String,
+    next_session: AtomicU64,
+    queue: usize,
+    max_per_user: usize,
+    this: Weak<Hub>,
+}
+
+const SUBSCRIBE_WAIT: Duration = Duration::from_secs(5);
+
+impl Hub {
+    pub fn new(client: async_nats::Client, queue: usize, max_per_user: usize) -> Arc<Hub> {
+        Arc::new_cyclic(|this| Hub {
+            client,
+            users: Mutex::new(HashMap::new()),
+            instance: uuid::Uuid::new_v4().simple().to_string()[..12].to_owned(),
+            next_session: AtomicU64::new(1),
+            queue,
+            max_per_user,
+            this: this.clone(),
+        })
+    }
+
+    /// Adds a session; returns once the user's subscriptions are live, so nothing committed
+    /// after this returns can be missed.
+    pub async fn register(
+        &self,
+        user: &UserId,
+        device: Option<String>,
+    ) -> Result<(Arc<SessionLink>, mpsc::Receiver<Outbound>), RegisterError> {
+        let n = self.next_session.fetch_add(1, Ordering::Relaxed);
+        let (link, rx) = SessionLink::new(format!("{}-{n}", self.instance), device, self.queue);
+        let (mut ready, subscribe) = {
+            let mut users = self.users.lock().expect("hub lock");
+            match users.get_mut(user) {
+                Some(entry) => {
+                    if entry.sessions.len() >= self.max_per_user {
+                        return Err(RegisterError::TooMany);
+                    }
+                    entry.sessions.push(link.clone());
+                    (entry.ready.clone(), None)
+                }
+                None => {
+                    let (tx, rx) = watch::channel(false);
+                    users.insert(
+                        user.clone(),
+                        UserEntry {
+                            sessions: vec![link.clone()],
+                            ready: rx.clone(),
+                            pump: None,
+                        },
+                    );
+                    (rx, Some(tx))
+                }
+            }
+        };
+        if let Some(ready_tx) = subscribe {
+            match self.subscribe(user).await {
+                Ok(pump) => {
+                    let mut users = self.users.lock().expect("hub lock");
+                    match users.get_mut(user) {
+                        Some(entry) => entry.pump = Some(pump),
+                        // Everyone left while we subscribed.
+                        None => pump.abort(),
+                    }
+                    let _ = ready_tx.send(true);
+                }
+                Err(_) => {
+                    self.unregister(user, &link);
+                    return Err(RegisterError::Unavailable);
+                }
+            }
+        }
+        let live = tokio::time::timeout(SUBSCRIBE_WAIT, ready.wait_for(|r| *r)).await;
+        if !matches!(live, Ok(Ok(_))) {
+            self.unregister(user, &link);
+            return Err(RegisterError::Unavailable);
+        }
+        Ok((link, rx))
+    }
+
+    /// Removes a session; the last one of a user ends the user's subscriptions.
+    pub fn unregister(&self, user: &UserId, link: &Arc<SessionLink>) {
+        let mut users = self.users.lock().expect("hub lock");
+        if let Some(entry) = users.get_mut(user) {
+            entry.sessions.retain(|s| !Arc::ptr_eq(s, link));
+            if entry.sessions.is_empty() {
+                if let Some(pump) = &entry.pump {
+                    pump.abort();
+                }
+                users.remove(user);
+            }
+        }
+    }
+
+    pub fn local_count(&self, user: &UserId) -> usize {
+        self.users
+            .lock()
+            .expect("hub lock")
+            .get(user)
+            .map_or(0, |e| e.sessions.len())
+    }
+
+    pub fn total(&self) -> usize {
+        self.users
+            .lock()
+            .expect("hub lock")
+            .values()
+            .map(|e| e.sessions.len())
+            .sum()
+    }
+
+    async fn subscribe(
+        &self,
+        user: &UserId,
+    ) -> Result<tokio::task::AbortHandle, async_nats::SubscribeError> {
+        let deliveries = self.client.subscribe(subject::deliver(user)).await?;
+        let presence = self.client.subscribe(subject::presence(user)).await?;
+        // Make the interest known to the server before any session is told it is live.
+        let _ = self.client.flush().await;
+        let hub = self.this.clone();
+        let task = tokio::spawn(pump(
+            hub,
+            user.clone(),
+            deliveries,
+            presence,
+            self.client.clone(),
+        ));
+        Ok(task.abort_handle())
+    }
+
+    fn sessions_of(&self, user: &UserId) -> Vec<Arc<SessionLink>> {
+        self.users
+            .lock()
+            .expect("hub lock")
+            .get(user)
+            .map(|e| e.sessions.clone())
+            .unwrap_or_default()
+    }
+
+    /// Hands a delivery to every session of the user except the origin session and the
+    /// origin device's sessions.
+    fn deliver(
+        &self,
+        user: &UserId,
+        delivery: Arc<Delivery>,
+        origin_device: Option<&str>,
+        origin_session: Option<&str>,
+    ) {
+        for session in self.sessions_of(user) {
+            if origin_session == Some(session.session_id.as_str())
+                || (origin_device.is_some() && origin_device == session.device.as_deref())
+            {
+                continue;
+            }
+            match session.tx.try_send(Outbound::Delivery(delivery.clone())) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    session.lagging.store(true, Ordering::SeqCst);
+                    session.wake.notify_one();
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            }
+        }
+    }
+
+    /// Closes every session with 1012, `batch` at a time, `pause` apart.
+    pub async fn close_all(&self, batch: usize, pause: Duration) {
+        let all: Vec<Arc<SessionLink>> = self
+            .users
+            .lock()
+            .expect("hub lock")
+            .values()
+            .flat_map(|e| e.sessions.clone())
+            .collect();
+        for chunk in all.chunks(batch.max(1)) {
+            for session in chunk {
+                session.close.cancel();
+            }
+            tokio::time::sleep(pause).await;
+        }
+    }
+}
+
+async fn pump(
+    hub: Weak<Hub>,
+    user: UserId,
+    mut deliveries: Subscriber,
+    mut presence: Subscriber,
+    client: async_nats::Client,
+) {
+    loop {
+        tokio::select! {
+            message = deliveries.next() => {
+                let Some(message) = message else { return };
+                let Some(hub) = hub.upgrade() else { return };
+                let delivery = match envelope::decode::<Delivery>(&message.payload) {
+                    Ok(d) => Arc::new(d),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "undecodable delivery");
+                        continue;
+                    }
+                };
+                let header = |name: &str| message.headers.as_ref().and_then(|h| h.get(name)).map(|v| v.as_str().to_owned());
+                let (device, session) = (header(ORIGIN_DEVICE), header(ORIGIN_SESSION));
+                hub.deliver(&user, delivery, device.as_deref(), session.as_deref());
+            }
+            request = presence.next() => {
+                let Some(request) = request else { return };
+                let Some(hub) = hub.upgrade() else { return };
+                if let Some(reply) = request.reply {
+                    let count = hub.local_count(&user).to_string();
+                    let _ = client.publish(reply, Bytes::from(count)).await;
+                }
+            }
+        }
+    }
+}
+
+/// Sessions of `user` across all edges: every edge holding some answers the presence request
+/// with its count; answers are collected for `wait`.
+pub async fn device_count(
+    client: &async_nats::Client,
+    user: &UserId,
+    wait: Duration,
+) -> Result<u64, async_nats::Error> {
+    let inbox = client.new_inbox();
+    let mut replies = client.subscribe(inbox.clone()).await?;
+    client
+        .publish_with_reply(subject::presence(user), inbox, Bytes::new())
+        .await?;
+    client.flush().await?;
+    let mut total = 0;
+    let deadline = tokio::time::Instant::now() + wait;
+    while let Ok(Some(reply)) = tokio::time::timeout_at(deadline, replies.next()).await {
+        total += std::str::from_utf8(&reply.payload)
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    Ok(total)
+}

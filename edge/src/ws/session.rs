@@ -1,0 +1,545 @@
+//! One WebSocket session: the transport loop. It owns the socket and enforces the session's
+//! limits — idle timeout (1001), frame size (1009), message rate (`ERROR rate limited`),
+//! shutdown (1012) — forwards live deliveries from the hub, and hands parsed client messages
+//! to a [`Dispatch`] (the edge's write path and catch-up reads; a stub in tests).
+//!
+//! Every `seq`/`lastSeq` the client sees comes from deliveries or catch-up pages, which cap
+//! it at the commit watermark; the session remembers the highest one sent, so when its queue
+//! overflows it can catch up from exactly there.
+
+use super::hub::{Outbound, SessionLink};
+use futures::{SinkExt, StreamExt};
+use legato_schema::EntityType;
+use legato_schema::ws::{self, ClientMessage};
+use serde_json::Value;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{Semaphore, mpsc};
+use tokio::time::Instant;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
+/// One page of a catch-up.
+pub struct Page {
+    /// Frames to send, in order.
+    pub frames: Vec<String>,
+    /// The highest `seq`/`lastSeq` these frames carry.
+    pub max_seq: u64,
+    /// Where the next page starts; `None` when this was the last page.
+    pub next: Option<PageCursor>,
+    /// The cursor the final `SYNC_RESPONSE` carries (safe: at most the watermark).
+    pub last_seq: u64,
+}
+
+/// Where a catch-up is: the internal read position and the watermark read at its start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageCursor {
+    pub position: u64,
+    pub watermark: u64,
+}
+
+/// What a session needs from the rest of the edge.
+pub trait Dispatch: Send + Sync + 'static {
+    /// Applies a client mutation and returns the frames answering it.
+    fn mutate(
+        &self,
+        kind: String,
+        entity: String,
+        writes: Vec<(EntityType, Value)>,
+        link: Arc<SessionLink>,
+    ) -> impl Future<Output = Vec<String>> + Send;
+
+    /// One page of changes after `since` (`cursor` is `None` on the first page).
+    fn catch_up_page(
+        &self,
+        since: u64,
+        cursor: Option<PageCursor>,
+    ) -> impl Future<Output = Result<Page, String>> + Send;
+
+    /// Counts what the session does, for metrics.
+    fn observe(&self, _event: Event<'_>) {}
+}
+
+/// What a session reports to [`Dispatch::observe`].
+pub enum Event<'a> {
+    MessageIn(&'a str),
+    FramesOut(usize),
+    CatchUp(&'static str),
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub idle_timeout: Duration,
+    pub rate_per_sec: u32,
+    pub rate_burst: u32,
+    pub max_inflight_mutations: usize,
+}
+
+/// Why a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    ClientClosed,
+    Idle,
+    TooBig,
+    Shutdown,
+    TransportError,
+}
+
+impl End {
+    pub fn label(self) -> &'static str {
+        match self {
+            End::ClientClosed => "client",
+            End::Idle => "idle",
+            End::TooBig => "too_big",
+            End::Shutdown => "shutdown",
+            End::TransportError => "error",
+        }
+    }
+}
+
+/// A token bucket: `rate` tokens a second, at most `burst` saved.
+struct Bucket {
+    tokens: f64,
+    rate: f64,
+    burst: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn new(rate: u32, burst: u32) -> Bucket {
+        Bucket {
+            tokens: burst as f64,
+            rate: rate as f64,
+            burst: burst as f64,
+            at: Instant::now(),
+        }
+    }
+
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        self.tokens =
+            (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.burst);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+async fn close<S: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut WebSocketStream<S>,
+    code: CloseCode,
+    reason: &'static str,
+) {
+    let frame = CloseFrame {
+        code,
+        reason: reason.into(),
+    };
+    // Bounded: a client that stopped reading must not hold the session open.
+    let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(Some(frame))).await;
+}
+
+struct Session<'a, S, D> {
+    ws: &'a mut WebSocketStream<S>,
+    dispatch: &'a Arc<D>,
+    link: &'a SessionLink,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin, D: Dispatch> Session<'_, S, D> {
+    fn delivered(&self) -> u64 {
+        self.link.delivered.load(Ordering::SeqCst)
+    }
+
+    fn saw(&self, seq: u64) {
+        self.link.delivered.fetch_max(seq, Ordering::SeqCst);
+    }
+
+    async fn send(&mut self, text: String) -> Result<(), WsError> {
+        self.dispatch.observe(Event::FramesOut(1));
+        self.ws.send(Message::text(text)).await
+    }
+
+    /// Sends every change after `since`, then `SYNC_RESPONSE` with the resume cursor.
+    async fn catch_up(&mut self, since: u64) -> Result<(), WsError> {
+        let mut cursor = None;
+        let mut sent = 0;
+        loop {
+            let page = match self.dispatch.catch_up_page(since, cursor).await {
+                Ok(page) => page,
+                Err(e) => {
+                    tracing::warn!(error = %e, "catch-up failed");
+                    return self.send(ws::error("Sync temporarily unavailable")).await;
+                }
+            };
+            sent += page.frames.len();
+            self.dispatch.observe(Event::FramesOut(page.frames.len()));
+            for frame in page.frames {
+                self.ws.feed(Message::text(frame)).await?;
+            }
+            self.saw(page.max_seq);
+            match page.next {
+                Some(next) => cursor = Some(next),
+                None => {
+                    self.saw(page.last_seq);
+                    let message = if sent > 0 {
+                        "Sync complete"
+                    } else {
+                        "No new data to sync"
+                    };
+                    return self.send(ws::sync_response(message, page.last_seq)).await;
+                }
+            }
+        }
+    }
+}
+
+/// Runs the session until it ends; sends WELCOME first.
+pub async fn drive<S, D>(
+    mut ws: WebSocketStream<S>,
+    link: Arc<SessionLink>,
+    mut rx: mpsc::Receiver<Outbound>,
+    dispatch: Arc<D>,
+    limits: Limits,
+) -> End
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+    D: Dispatch,
+{
+    let mut bucket = Bucket::new(limits.rate_per_sec, limits.rate_burst);
+    let inflight = Arc::new(Semaphore::new(limits.max_inflight_mutations.max(1)));
+    let (done_tx, mut done_rx) = mpsc::channel::<String>(limits.max_inflight_mutations.max(1) * 2);
+    let mut deadline = Instant::now() + limits.idle_timeout;
+    let mut session = Session {
+        ws: &mut ws,
+        dispatch: &dispatch,
+        link: &link,
+    };
+    if session.send(ws::welcome()).await.is_err() {
+        return End::TransportError;
+    }
+    let end = loop {
+        let result: Result<(), WsError> = tokio::select! {
+            biased;
+            _ = link.close.cancelled() => break End::Shutdown,
+            _ = link.wake.notified() => {
+                if link.lagging.swap(false, Ordering::SeqCst) {
+                    // Too slow for live delivery: drop the queue, read from the store instead.
+                    while rx.try_recv().is_ok() {}
+                    dispatch.observe(Event::CatchUp("slow_consumer"));
+                    let since = session.delivered();
+                    session.catch_up(since).await
+                } else {
+                    Ok(())
+                }
+            }
+            Some(frame) = done_rx.recv() => session.send(frame).await,
+            outbound = rx.recv() => match outbound {
+                Some(Outbound::Delivery(delivery)) => {
+                    let mut result = Ok(());
+                    for frame in &delivery.frames {
+                        session.saw(frame.seq);
+                        result = session.ws.feed(Message::text(frame.text.clone())).await;
+                        if result.is_err() {
+                            break;
+                        }
+                    }
+                    dispatch.observe(Event::FramesOut(delivery.frames.len()));
+                    match result {
+                        Ok(()) => session.ws.flush().await,
+                        e => e,
+                    }
+                }
+                None => break End::Shutdown,
+            },
+            _ = tokio::time::sleep_until(deadline) => break End::Idle,
+            frame = session.ws.next() => {
+                deadline = Instant::now() + limits.idle_timeout;
+                match frame {
+                    None | Some(Ok(Message::Close(_))) => break End::ClientClosed,
+                    Some(Err(WsError::Capacity(_))) => break End::TooBig,
+                    Some(Err(e)) => {
+                        tracing::debug!(error = %e, "session transport error");
+                        break End::TransportError;
+                    }
+                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => session.ws.flush().await,
+                    Some(Ok(Message::Binary(_))) => {
+                        dispatch.observe(Event::MessageIn("binary"));
+                        session.send(ws::error("Invalid JSON format")).await
+                    }
+                    Some(Ok(Message::Text(text))) => {
+                        if !bucket.take() {
+                            dispatch.observe(Event::MessageIn("rate_limited"));
+                            session.send(ws::error("rate limited")).await
+                        } else {
+                            match ws::parse_client(text.as_str(), legato_schema::Clock::now()) {
+                                Err(e) => {
+                                    dispatch.observe(Event::MessageIn("invalid"));
+                                    session.send(ws::error(&e.to_string())).await
+                                }
+                                Ok(ClientMessage::Ping) => {
+                                    dispatch.observe(Event::MessageIn("PING"));
+                                    session.send(ws::pong()).await
+                                }
+                                Ok(ClientMessage::SyncRequest { last_seq }) => {
+                                    dispatch.observe(Event::MessageIn("SYNC_REQUEST"));
+                                    dispatch.observe(Event::CatchUp("sync_request"));
+                                    session.catch_up(last_seq).await
+                                }
+                                Ok(ClientMessage::Mutation { kind, entity, writes }) => {
+                                    dispatch.observe(Event::MessageIn(mutation_label(&kind)));
+                                    // Backpressure: at most N mutations of a session in flight.
+                                    let permit = inflight.clone().acquire_owned().await.expect("semaphore open");
+                                    let (dispatch, link, done) = (dispatch.clone(), link.clone(), done_tx.clone());
+                                    tokio::spawn(async move {
+                                        for frame in dispatch.mutate(kind, entity, writes, link).await {
+                                            if done.send(frame).await.is_err() {
+                                                break;
+                                            }
+                                        }
+                                        drop(permit);
+                                    });
+                                    Ok(())
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        if result.is_err() {
+            break End::TransportError;
+        }
+    };
+    match end {
+        End::Shutdown => close(&mut ws, CloseCode::Restart, "server restarting").await,
+        End::Idle => close(&mut ws, CloseCode::Away, "idle timeout").await,
+        End::TooBig => close(&mut ws, CloseCode::Size, "message too big").await,
+        End::ClientClosed | End::TransportError => {}
+    }
+    end
+}
+
+fn mutation_label(kind: &str) -> &'static str {
+    match kind {
+        "ENTRY_CREATED" => "ENTRY_CREATED",
+        "ENTRY_UPDATED" => "ENTRY_UPDATED",
+        "ENTRY_DELETED" => "ENTRY_DELETED",
+        "PIECE_ADDED" => "PIECE_ADDED",
+        "PIECE_UPDATED" => "PIECE_UPDATED",
+        "PIECE_REMOVED" => "PIECE_REMOVED",
+        "PIECE_DISSOCIATED" => "PIECE_DISSOCIATED",
+        "PLAN_CREATED" => "PLAN_CREATED",
+        "PLAN_UPDATED" => "PLAN_UPDATED",
+        "PLAN_OCCURRENCE_COMPLETED" => "PLAN_OCCURRENCE_COMPLETED",
+        _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+
+    struct Stub;
+
+    impl Dispatch for Stub {
+        async fn mutate(
+            &self,
+            _: String,
+            entity: String,
+            _: Vec<(EntityType, Value)>,
+            _: Arc<SessionLink>,
+        ) -> Vec<String> {
+            vec![ws::entity_error("stub", EntityType::LogbookEntry, &entity)]
+        }
+
+        async fn catch_up_page(&self, since: u64, _: Option<PageCursor>) -> Result<Page, String> {
+            Ok(Page {
+                frames: vec![],
+                max_seq: since,
+                next: None,
+                last_seq: since + 2,
+            })
+        }
+    }
+
+    type Client = WebSocketStream<tokio::io::DuplexStream>;
+
+    async fn start(
+        limits: Limits,
+    ) -> (
+        Client,
+        Arc<SessionLink>,
+        mpsc::Sender<Outbound>,
+        tokio::task::JoinHandle<End>,
+    ) {
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(1024))
+            .max_frame_size(Some(1024));
+        let server = WebSocketStream::from_raw_socket(a, Role::Server, Some(config)).await;
+        let client = WebSocketStream::from_raw_socket(b, Role::Client, None).await;
+        let (link, rx) = SessionLink::new("s-1".into(), None, 2);
+        let tx = link.tx.clone();
+        let task = tokio::spawn(drive(server, link.clone(), rx, Arc::new(Stub), limits));
+        (client, link, tx, task)
+    }
+
+    fn limits() -> Limits {
+        Limits {
+            idle_timeout: Duration::from_secs(90),
+            rate_per_sec: 1,
+            rate_burst: 3,
+            max_inflight_mutations: 2,
+        }
+    }
+
+    async fn next_text(client: &mut Client) -> Value {
+        loop {
+            match client.next().await.expect("frame").expect("ok") {
+                Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
+                Message::Close(c) => {
+                    return serde_json::json!({"close": u16::from(c.unwrap().code)});
+                }
+                _ => continue,
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_session_is_closed_with_1001_after_the_timeout() {
+        let (mut client, _link, _tx, task) = start(limits()).await;
+        assert_eq!(next_text(&mut client).await["type"], "WELCOME");
+        tokio::time::advance(Duration::from_secs(60)).await;
+        client
+            .send(Message::text(r#"{"type":"PING"}"#))
+            .await
+            .unwrap();
+        assert_eq!(next_text(&mut client).await["type"], "PONG");
+        // 60 s + 89 s: the PING reset the clock, so the session is still open.
+        tokio::time::advance(Duration::from_secs(89)).await;
+        assert!(!task.is_finished());
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(
+            next_text(&mut client).await,
+            serde_json::json!({"close": 1001})
+        );
+        assert_eq!(task.await.unwrap(), End::Idle);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn bad_frames_get_errors_and_the_socket_stays_open() {
+        let (mut client, _link, _tx, _task) = start(Limits {
+            rate_burst: 10,
+            ..limits()
+        })
+        .await;
+        next_text(&mut client).await;
+        client.send(Message::text("{not json")).await.unwrap();
+        assert_eq!(next_text(&mut client).await["error"], "Invalid JSON format");
+        client
+            .send(Message::text(r#"{"type":"ENTRY_CREATED"}"#))
+            .await
+            .unwrap();
+        assert_eq!(
+            next_text(&mut client).await["error"],
+            "Invalid sync event format"
+        );
+        client.send(Message::binary(vec![1, 2, 3])).await.unwrap();
+        assert_eq!(next_text(&mut client).await["error"], "Invalid JSON format");
+        client
+            .send(Message::text(r#"{"type":"SYNC_REQUEST","lastSeq":3}"#))
+            .await
+            .unwrap();
+        let done = next_text(&mut client).await;
+        assert_eq!(
+            (done["message"].as_str(), done["lastSeq"].as_u64()),
+            (Some("No new data to sync"), Some(5))
+        );
+        client
+            .send(Message::text(r#"{"type":"ENTRY_DELETED","entryId":"e1"}"#))
+            .await
+            .unwrap();
+        assert_eq!(next_text(&mut client).await["entityId"], "e1");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_over_its_rate_is_told_so() {
+        let (mut client, _link, _tx, _task) = start(limits()).await;
+        next_text(&mut client).await;
+        for _ in 0..4 {
+            client
+                .send(Message::text(r#"{"type":"PING"}"#))
+                .await
+                .unwrap();
+        }
+        let mut kinds = Vec::new();
+        for _ in 0..4 {
+            let v = next_text(&mut client).await;
+            kinds.push(v["type"].as_str().unwrap().to_owned() + v["error"].as_str().unwrap_or(""));
+        }
+        assert_eq!(kinds, vec!["PONG", "PONG", "PONG", "ERRORrate limited"]);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        client
+            .send(Message::text(r#"{"type":"PING"}"#))
+            .await
+            .unwrap();
+        assert_eq!(next_text(&mut client).await["type"], "PONG");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_oversized_frame_closes_with_1009_and_shutdown_with_1012() {
+        let (mut client, _link, _tx, task) = start(limits()).await;
+        next_text(&mut client).await;
+        client.send(Message::text("x".repeat(4096))).await.unwrap();
+        assert_eq!(
+            next_text(&mut client).await,
+            serde_json::json!({"close": 1009})
+        );
+        assert_eq!(task.await.unwrap(), End::TooBig);
+
+        let (mut client, link, _tx, task) = start(limits()).await;
+        next_text(&mut client).await;
+        link.close.cancel();
+        assert_eq!(
+            next_text(&mut client).await,
+            serde_json::json!({"close": 1012})
+        );
+        assert_eq!(task.await.unwrap(), End::Shutdown);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_overflowing_session_catches_up_from_its_last_delivered_seq() {
+        use legato_schema::envelope::{DeliveredFrame, Delivery};
+        let (mut client, link, tx, _task) = start(limits()).await;
+        next_text(&mut client).await;
+        let delivery = |seq: u64| {
+            Outbound::Delivery(Arc::new(Delivery {
+                v: 1,
+                frames: vec![DeliveredFrame {
+                    seq,
+                    text: format!(r#"{{"type":"ENTRY_UPDATED","seq":{seq}}}"#),
+                }],
+            }))
+        };
+        tx.send(delivery(5)).await.unwrap();
+        assert_eq!(next_text(&mut client).await["seq"], 5);
+        // The hub found the queue full: it marks the session and wakes it.
+        link.lagging.store(true, Ordering::SeqCst);
+        link.wake.notify_one();
+        let done = next_text(&mut client).await;
+        assert_eq!(done["type"], "SYNC_RESPONSE");
+        assert_eq!(
+            done["lastSeq"], 7,
+            "catch-up from the last delivered seq (5); the stub ends 2 later"
+        );
+    }
+}

@@ -1,0 +1,248 @@
+//! The fanout loop: fetch committed batches from `SYNC_OUT`, coalesce changes to the same
+//! entity, render them into client frames, publish one delivery per user and origin on core
+//! NATS `sync.deliver.<user>`, flush, then ack.
+//!
+//! Every frame's `seq` is capped at the *delivery watermark* D: every change at or below D is
+//! committed and its frame already published to the edges (see [`DeliveryWatermark`]). A
+//! client that resumes from the last `seq` it saw therefore never skips a change — neither
+//! one committed out of order by another ingest worker, nor one whose frame another fanout
+//! worker has not published yet. A crash after publishing and before acking republishes:
+//! clients apply LWW, so a repeated frame is harmless.
+
+use crate::metrics::FanoutMetrics;
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, AckKind};
+use bytes::Bytes;
+use legato_runtime::nats::{self, DeliverySample};
+use legato_schema::envelope::{
+    self, CommittedBatch, DeliveredFrame, Delivery, ENVELOPE_VERSION, ORIGIN_DEVICE, ORIGIN_SESSION,
+};
+use legato_schema::{ChangeSeq, Clock, EntityType, UserId, subject, ws};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+pub struct Fanout {
+    pub client: async_nats::Client,
+    pub js: jetstream::Context,
+    pub metrics: FanoutMetrics,
+    watermark: DeliveryWatermark,
+    watermark_ttl: Duration,
+}
+
+/// D, the delivery watermark, from samples `(committed, published)`: once the fanout
+/// consumer's ack floor reaches a sample's `published`, its `committed` is delivered.
+#[derive(Default)]
+pub struct DeliveryWatermark {
+    samples: VecDeque<DeliverySample>,
+    delivered: Option<u64>,
+    refreshed: Option<Instant>,
+}
+
+/// Samples kept while fanout lags; older ones are dropped (D then advances more slowly).
+const MAX_SAMPLES: usize = 256;
+
+impl DeliveryWatermark {
+    /// Adds a sample and advances D with the fanout ack floor.
+    pub fn advance(&mut self, sample: Option<DeliverySample>, fanout_floor: u64) -> Option<u64> {
+        if let Some(sample) = sample {
+            if self.samples.len() == MAX_SAMPLES {
+                self.samples.pop_front();
+            }
+            self.samples.push_back(sample);
+        }
+        while let Some(front) = self.samples.front()
+            && front.published <= fanout_floor
+        {
+            self.delivered = Some(
+                self.delivered
+                    .map_or(front.committed, |d| d.max(front.committed)),
+            );
+            self.samples.pop_front();
+        }
+        self.delivered
+    }
+}
+
+/// One decoded message and the batch it carried.
+pub struct Received {
+    pub message: jetstream::Message,
+    pub batch: CommittedBatch,
+}
+
+type Origin = (UserId, Option<String>, Option<String>);
+/// The latest change of one entity in a batch: its seq, origin, and where it is
+/// (message index, change index).
+type Latest = (u64, Origin, usize, usize);
+
+impl Fanout {
+    pub fn new(
+        client: async_nats::Client,
+        metrics: FanoutMetrics,
+        watermark_ttl: Duration,
+    ) -> Fanout {
+        let js = jetstream::new(client.clone());
+        Fanout {
+            client,
+            js,
+            metrics,
+            watermark: DeliveryWatermark::default(),
+            watermark_ttl,
+        }
+    }
+
+    /// The delivery watermark, refreshed at most every `watermark_ttl`. A stale value is safe;
+    /// before the first one is known, frames carry 0 (the client keeps its own cursor).
+    async fn watermark(&mut self) -> ChangeSeq {
+        let fresh = self
+            .watermark
+            .refreshed
+            .is_some_and(|at| at.elapsed() < self.watermark_ttl);
+        if !fresh {
+            let sample = nats::delivery_sample(&self.js).await;
+            let floor = nats::fanout_floor(&self.js).await;
+            match (sample, floor) {
+                (Ok(sample), Ok(floor)) => {
+                    self.watermark.advance(Some(sample), floor);
+                    self.watermark.refreshed = Some(Instant::now());
+                }
+                (Err(e), _) | (_, Err(e)) => {
+                    tracing::warn!(error = %e, "reading the delivery watermark failed; using the last one");
+                }
+            }
+        }
+        self.watermark
+            .delivered
+            .map_or(ChangeSeq(0), ChangeSeq::through_message)
+    }
+
+    /// Decodes a fetched message; undecodable ones are terminated and counted.
+    pub async fn decode(&self, message: jetstream::Message) -> Option<Received> {
+        match envelope::decode::<CommittedBatch>(&message.payload) {
+            Ok(batch) => Some(Received { message, batch }),
+            Err(e) => {
+                self.metrics.undecodable.inc();
+                tracing::error!(error = %e, "undecodable committed batch; terminating");
+                let _ = message.ack_with(AckKind::Term).await;
+                None
+            }
+        }
+    }
+
+    /// Publishes the deliveries for `received` and acks them; returns false when nothing could
+    /// be published (the messages stay unacked and come back).
+    pub async fn process(&mut self, received: Vec<Received>) -> bool {
+        let watermark = self.watermark().await;
+        // Keep only the latest change per entity: later ones carry the full state.
+        let mut latest: HashMap<(UserId, EntityType, String), Latest> = HashMap::new();
+        for (m, r) in received.iter().enumerate() {
+            self.metrics.changes.inc_by(r.batch.changes.len() as u64);
+            for (c, change) in r.batch.changes.iter().enumerate() {
+                let key = (
+                    r.batch.user.clone(),
+                    change.item.entity_type,
+                    change.item.id.to_string(),
+                );
+                let origin = (
+                    r.batch.user.clone(),
+                    r.batch.origin_device.as_ref().map(|d| d.to_string()),
+                    r.batch.origin_session.clone(),
+                );
+                match latest.get(&key) {
+                    Some((seq, ..)) if *seq >= change.seq => self.metrics.coalesced.inc(),
+                    Some(_) => {
+                        self.metrics.coalesced.inc();
+                        latest.insert(key, (change.seq, origin, m, c));
+                    }
+                    None => {
+                        latest.insert(key, (change.seq, origin, m, c));
+                    }
+                }
+            }
+        }
+        let mut deliveries: BTreeMap<Origin, Vec<(u64, DeliveredFrame)>> = BTreeMap::new();
+        for (seq, origin, m, c) in latest.into_values() {
+            let batch = &received[m].batch;
+            let change = &batch.changes[c];
+            let visible = seq.min(watermark.0);
+            let item = &change.item;
+            if let Some(text) = ws::render_change(
+                item.entity_type,
+                item.id.as_str(),
+                &item.payload,
+                item.deleted,
+                visible,
+                batch.committed_at,
+            ) {
+                deliveries
+                    .entry(origin)
+                    .or_default()
+                    .push((seq, DeliveredFrame { seq: visible, text }));
+            }
+        }
+        let now = Clock::now();
+        for ((user, device, session), mut frames) in deliveries {
+            frames.sort_by_key(|(seq, _)| *seq);
+            self.metrics.frames.inc_by(frames.len() as u64);
+            let delivery = Delivery {
+                v: ENVELOPE_VERSION,
+                frames: frames.into_iter().map(|(_, f)| f).collect(),
+            };
+            let mut headers = HeaderMap::new();
+            if let Some(d) = &device {
+                headers.insert(ORIGIN_DEVICE, d.as_str());
+            }
+            if let Some(s) = &session {
+                headers.insert(ORIGIN_SESSION, s.as_str());
+            }
+            let payload = Bytes::from(envelope::encode(&delivery));
+            if let Err(e) = self
+                .client
+                .publish_with_headers(subject::deliver(&user), headers, payload)
+                .await
+            {
+                tracing::warn!(error = %e, "publishing a delivery failed");
+                return false;
+            }
+            self.metrics.deliveries.inc();
+        }
+        if let Err(e) = self.client.flush().await {
+            tracing::warn!(error = %e, "flushing deliveries failed");
+            return false;
+        }
+        for r in &received {
+            let lag = (now.as_micros() - r.batch.committed_at.as_micros()).max(0) as f64 / 1e6;
+            self.metrics.lag_seconds.observe(lag);
+            if let Err(e) = r.message.ack().await {
+                tracing::warn!(error = %e, "ack failed; the batch will be delivered again");
+            }
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(committed: u64, published: u64) -> Option<DeliverySample> {
+        Some(DeliverySample {
+            committed,
+            published,
+        })
+    }
+
+    #[test]
+    fn the_delivery_watermark_waits_for_fanout_to_catch_up() {
+        let mut d = DeliveryWatermark::default();
+        assert_eq!(
+            d.advance(sample(10, 4), 3),
+            None,
+            "SYNC_OUT 4 not fanned out yet"
+        );
+        assert_eq!(d.advance(sample(12, 6), 4), Some(10));
+        assert_eq!(d.advance(None, 5), Some(10));
+        assert_eq!(d.advance(sample(15, 9), 9), Some(15));
+        // A lower commit watermark (another edge's stale read) never moves D back.
+        assert_eq!(d.advance(sample(11, 9), 9), Some(15));
+    }
+}

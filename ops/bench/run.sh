@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Builds the release binaries and runs the benchmark harness against them.
+#   ops/bench/run.sh [all|throughput|latency|propagation|idle|fanout]
+# Environment: BENCH_RUNS (3), BENCH_SECONDS (3), BENCH_SESSIONS (10000), BENCH_PROCESSES (4).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+. ops/lib.sh
+ensure_nats_server
+cargo build --release --locked -p legato-edge -p legato-ingest -p legato-fanout -p legato-bench
+exec target/release/legato-bench "$@"

@@ -1,0 +1,361 @@
+//! The measurements. Each returns one number (or a few) per run; `main` repeats runs and
+//! reports medians.
+
+use crate::clients::{HoldGroup, user};
+use crate::cluster::{Cluster, Shape, rss_bytes, token};
+use crate::stats::{ms, quantile};
+use futures::StreamExt;
+use legato_schema::checksum::{canonical_json, checksum};
+use legato_schema::write::WriteItem;
+use legato_schema::{Clock, EntityId, EntityType, UserId};
+use legato_store::{MessageWrites, Store};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+fn entry(n: u64, extra: Value) -> Value {
+    json!({
+        "id": format!("entry_{n}"),
+        "timestamp": "2025-06-24T09:00:00.000Z",
+        "duration": 30,
+        "type": "practice",
+        "instrument": "piano",
+        "pieces": [{"title": "Moonlight Sonata", "composer": "Beethoven"}],
+        "notes": "bench",
+        "updatedAt": 1_750_000_000_000u64 + n,
+        "x": extra,
+    })
+}
+
+/// Raw `Store::apply` rate of the SQLite backend with the production settings: items/s in
+/// batches of `batch` (one transaction each, like one ingest batch).
+pub async fn raw_store(batch: usize, seconds: f64) -> anyhow::Result<f64> {
+    let dir = tempfile::tempdir()?;
+    let store =
+        legato_store::sqlite::SqliteStore::open(dir.path().join("raw.db"), Default::default())?;
+    let user = UserId::parse("raw_user")?;
+    let started = Instant::now();
+    let mut items = 0u64;
+    let mut seq = 1u64;
+    while started.elapsed().as_secs_f64() < seconds {
+        let writes: Vec<WriteItem> = (0..batch as u64)
+            .map(|i| {
+                let v = entry(items + i, Value::Null);
+                WriteItem {
+                    entity_type: EntityType::LogbookEntry,
+                    id: EntityId::parse(format!("entry_{}", items + i)).unwrap(),
+                    checksum: checksum(&v),
+                    payload: canonical_json(&v),
+                    clock: Clock(1_750_000_000_000_000 + (items + i) as i64),
+                    deleted: false,
+                    deleted_at: None,
+                }
+            })
+            .collect();
+        // The ingest worker applies one message per request; batch 100 = one message here.
+        store
+            .apply(
+                vec![MessageWrites {
+                    user: user.clone(),
+                    message_seq: seq,
+                    device_id: None,
+                    items: writes,
+                    record: None,
+                }],
+                Clock::now(),
+            )
+            .await?;
+        seq += 1;
+        items += batch as u64;
+    }
+    Ok(items as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Raw JetStream publish+ack rate (file storage, 1 KiB messages, `inflight` outstanding).
+pub async fn raw_jetstream(nats_url: &str, inflight: usize, seconds: f64) -> anyhow::Result<f64> {
+    let client = async_nats::connect(nats_url).await?;
+    let js = async_nats::jetstream::new(client);
+    let _ = js.delete_stream("BENCH_RAW").await;
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "BENCH_RAW".into(),
+        subjects: vec!["bench.raw".into()],
+        storage: async_nats::jetstream::stream::StorageType::File,
+        ..Default::default()
+    })
+    .await?;
+    let payload = bytes::Bytes::from(vec![b'x'; 1024]);
+    let started = Instant::now();
+    let mut acked = 0u64;
+    let mut pending = futures::stream::FuturesUnordered::new();
+    while started.elapsed().as_secs_f64() < seconds {
+        while pending.len() < inflight {
+            pending.push(
+                js.publish("bench.raw", payload.clone())
+                    .await?
+                    .into_future(),
+            );
+        }
+        if let Some(ack) = pending.next().await {
+            ack?;
+            acked += 1;
+        }
+    }
+    while let Some(ack) = pending.next().await {
+        ack?;
+        acked += 1;
+    }
+    let rate = acked as f64 / started.elapsed().as_secs_f64();
+    let _ = js.delete_stream("BENCH_RAW").await;
+    Ok(rate)
+}
+
+/// Closed-loop push throughput: committed entries/s with `batch` items per request and
+/// `concurrency` clients, each user its own (users spread writes over subjects).
+pub async fn push_throughput(
+    cluster: &Cluster,
+    batch: usize,
+    concurrency: usize,
+    seconds: f64,
+) -> anyhow::Result<f64> {
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .build()?;
+    let edge = cluster.edges[0].addr;
+    let committed = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let next = Arc::new(AtomicU64::new(0));
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|c| {
+            let (http, committed, next) = (http.clone(), committed.clone(), next.clone());
+            let name = user(100_000 + c);
+            let auth = format!("Bearer {}", token(&name));
+            tokio::spawn(async move {
+                while started.elapsed().as_secs_f64() < seconds {
+                    let base = next.fetch_add(batch as u64, Ordering::Relaxed);
+                    let items: Vec<Value> = (0..batch as u64)
+                        .map(|i| entry(base + i, Value::Null))
+                        .collect();
+                    let response = http
+                        .post(format!("http://{edge}/api/sync/push"))
+                        .header("Authorization", &auth)
+                        .json(&json!({"changes": {"entries": items}}))
+                        .send()
+                        .await;
+                    if let Ok(r) = response
+                        && r.status() == 200
+                    {
+                        committed.fetch_add(batch as u64, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await?;
+    }
+    Ok(committed.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Open-loop push latency at `rate` requests/s (1 item each): latency counts from the
+/// scheduled send time, so queueing is not hidden (no coordinated omission).
+pub async fn push_latency(
+    cluster: &Cluster,
+    rate: f64,
+    seconds: f64,
+) -> anyhow::Result<(Duration, Duration, Duration, u64)> {
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(512)
+        .build()?;
+    let edge = cluster.edges[0].addr;
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let total = (rate * seconds) as u64;
+    let started = tokio::time::Instant::now();
+    let mut tasks = Vec::with_capacity(total as usize);
+    for n in 0..total {
+        let scheduled = started + interval * n as u32;
+        tokio::time::sleep_until(scheduled).await;
+        let http = http.clone();
+        let name = user(200_000 + (n % 64) as usize);
+        tasks.push(tokio::spawn(async move {
+            let body = json!({"changes": {"entries": [entry(n, Value::Null)]}});
+            let ok = http
+                .post(format!("http://{edge}/api/sync/push"))
+                .bearer_auth(token(&name))
+                .json(&body)
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200);
+            (ok, scheduled.elapsed())
+        }));
+    }
+    let mut latencies = Vec::with_capacity(tasks.len());
+    let mut failed = 0;
+    for t in tasks {
+        let (ok, latency) = t.await?;
+        if ok {
+            latencies.push(latency)
+        } else {
+            failed += 1
+        }
+    }
+    Ok((
+        quantile(&mut latencies, 0.5),
+        quantile(&mut latencies, 0.9),
+        quantile(&mut latencies, 0.99),
+        failed,
+    ))
+}
+
+/// Device A pushes over HTTP to edge 0 at `rate` writes/s; device B, a session on the last
+/// edge, receives. Returns p50, p99 of send → receive, and how many arrived of how many sent.
+pub async fn propagation(
+    cluster: &Cluster,
+    rate: f64,
+    seconds: f64,
+) -> anyhow::Result<(Duration, Duration, usize, u64)> {
+    let name = user(300_000);
+    let receiver_edge = cluster.edges.last().expect("an edge").addr;
+    let url = format!(
+        "ws://{receiver_edge}/sync/ws?userId={name}&token={}&deviceId=b",
+        token(&name)
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
+    ws.next().await; // WELCOME
+    let origin = Instant::now();
+    let receiver = tokio::spawn(async move {
+        let mut latencies = Vec::new();
+        while let Ok(Some(Ok(frame))) =
+            tokio::time::timeout(Duration::from_secs(3), ws.next()).await
+        {
+            let Ok(text) = frame.to_text() else { continue };
+            let Ok(v) = serde_json::from_str::<Value>(text) else {
+                continue;
+            };
+            if let Some(sent_us) = v["entry"]["x"]["sentUs"].as_u64() {
+                let now = origin.elapsed().as_micros() as u64;
+                latencies.push(Duration::from_micros(now.saturating_sub(sent_us)));
+            }
+        }
+        let _ = ws.close(None).await;
+        latencies
+    });
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .build()?;
+    let sender_edge = cluster.edges[0].addr;
+    let auth = format!("Bearer {}", token(&name));
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let total = (rate * seconds) as u64;
+    let start = tokio::time::Instant::now();
+    let mut sends = Vec::new();
+    for n in 0..total {
+        tokio::time::sleep_until(start + interval * n as u32).await;
+        let (http, auth) = (http.clone(), auth.clone());
+        sends.push(tokio::spawn(async move {
+            let sent_us = origin.elapsed().as_micros() as u64;
+            let body = json!({"changes": {"entries": [entry(n, json!({"sentUs": sent_us}))]}});
+            http.post(format!("http://{sender_edge}/api/sync/push"))
+                .header("Authorization", auth)
+                .header("X-Device-ID", "a")
+                .json(&body)
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+        }));
+    }
+    let mut ok = 0;
+    for s in sends {
+        ok += u64::from(s.await?);
+    }
+    let mut latencies = receiver.await?;
+    let received = latencies.len();
+    Ok((
+        quantile(&mut latencies, 0.5),
+        quantile(&mut latencies, 0.99),
+        received,
+        ok,
+    ))
+}
+
+/// Idle WebSocket memory: the edge's RSS growth per session with `sessions` idle sessions
+/// (10 per user), opened from `processes` client processes.
+pub async fn idle_memory(
+    cluster: &Cluster,
+    sessions: usize,
+    processes: usize,
+) -> anyhow::Result<f64> {
+    let edge = &cluster.edges[0];
+    // Warm the edge up (allocator arenas, first subscriptions) before the baseline.
+    {
+        let _warm = HoldGroup::start(edge.addr, 20, 5, 1).await?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = rss_bytes(edge.pid)?;
+    let group = HoldGroup::start(edge.addr, sessions / 10, 10, processes).await?;
+    // Let the sessions settle (WELCOME sent, buffers at rest).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = rss_bytes(edge.pid)?;
+    drop(group);
+    Ok((after.saturating_sub(before)) as f64 / sessions as f64)
+}
+
+/// Fanout: `users` users with `per_user` sessions each; a writer pushes changes for random
+/// users as fast as `concurrency` clients can; returns frames delivered per second.
+pub async fn fanout_rate(
+    cluster: &Cluster,
+    users: usize,
+    per_user: usize,
+    processes: usize,
+    seconds: f64,
+) -> anyhow::Result<f64> {
+    let edge = cluster.edges[0].addr;
+    let group = HoldGroup::start(edge, users, per_user, processes).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .build()?;
+    let before = group.frames();
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..32)
+        .map(|c| {
+            let http = http.clone();
+            tokio::spawn(async move {
+                let mut n = c as u64;
+                while started.elapsed().as_secs_f64() < seconds {
+                    let name = user((n as usize * 7919) % users);
+                    let items: Vec<Value> =
+                        (0..10).map(|i| entry(n * 10 + i, Value::Null)).collect();
+                    let _ = http
+                        .post(format!("http://{edge}/api/sync/push"))
+                        .bearer_auth(token(&name))
+                        .json(&json!({"changes": {"entries": items}}))
+                        .send()
+                        .await;
+                    n += 32;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await?;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    // Deliveries still in flight when the writers stop are counted within a short grace.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    Ok((group.frames() - before) as f64 / elapsed)
+}
+
+pub fn shape(edges: usize) -> Shape {
+    Shape {
+        edges,
+        ingest: 1,
+        fanout: 1,
+        env: vec![],
+    }
+}
+
+pub fn report_ms(d: Duration) -> String {
+    format!("{:.2}", ms(d))
+}

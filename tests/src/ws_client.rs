@@ -1,0 +1,98 @@
+//! A WebSocket client for tests, speaking the protocol of CONTRACT.md §5.
+
+use futures::{SinkExt, StreamExt};
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub struct WsClient {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+/// What came back from the server instead of a frame.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Closed {
+    Code(u16),
+    Gone,
+}
+
+impl WsClient {
+    /// Connects and reads WELCOME.
+    pub async fn connect(edge: SocketAddr, user: &str, device: Option<&str>) -> WsClient {
+        let token = crate::Pipeline::token(user);
+        let mut url = format!(
+            "ws://{edge}/sync/ws?userId={}&token={token}",
+            urlencode(user)
+        );
+        if let Some(d) = device {
+            url.push_str(&format!("&deviceId={}", urlencode(d)));
+        }
+        let (ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("ws connect");
+        let mut client = WsClient { ws };
+        let welcome = client.next().await.expect("welcome");
+        assert_eq!(welcome["type"], "WELCOME", "{welcome}");
+        client
+    }
+
+    pub async fn send(&mut self, frame: &Value) {
+        self.ws
+            .send(Message::text(frame.to_string()))
+            .await
+            .expect("ws send");
+    }
+
+    /// The next JSON frame, or why there is none; panics after 10 s.
+    pub async fn next(&mut self) -> Result<Value, Closed> {
+        self.next_within(Duration::from_secs(10))
+            .await
+            .expect("a frame within the timeout")
+    }
+
+    /// The next JSON frame within `timeout`; `None` when nothing came.
+    pub async fn next_within(&mut self, timeout: Duration) -> Option<Result<Value, Closed>> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let frame = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .ok()?;
+            return Some(match frame {
+                Some(Ok(Message::Text(t))) => {
+                    Ok(serde_json::from_str(t.as_str()).expect("JSON frame"))
+                }
+                Some(Ok(Message::Close(c))) => {
+                    Err(Closed::Code(c.map_or(1005, |c| u16::from(c.code))))
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => Err(Closed::Gone),
+            });
+        }
+    }
+
+    /// Reads frames until one satisfies `pred`; returns it and everything read before it.
+    pub async fn until(&mut self, pred: impl Fn(&Value) -> bool) -> (Value, Vec<Value>) {
+        let mut before = Vec::new();
+        loop {
+            let frame = self.next().await.expect("open session");
+            if pred(&frame) {
+                return (frame, before);
+            }
+            before.push(frame);
+        }
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
