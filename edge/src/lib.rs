@@ -43,6 +43,9 @@ impl Application {
         let store = legato_runtime::store::open(&config.store, &config.data_dir)
             .await
             .context("opening the store")?;
+        let registry = Registry::new();
+        let store = legato_runtime::store_metrics::instrument(store, &registry)
+            .context("registering store metrics")?;
         let deployment = store
             .deployment_id()
             .await
@@ -58,7 +61,6 @@ impl Application {
             config.limits.max_envelope_bytes,
             Duration::from_millis(config.sync.watermark_cache_ms),
         );
-        let registry = Registry::new();
         let metrics = metrics::EdgeMetrics::register(&registry).context("registering metrics")?;
         let state = Arc::new_cyclic(|weak: &std::sync::Weak<State>| {
             let (bus_state, store_state) = (weak.clone(), weak.clone());
@@ -139,7 +141,7 @@ impl Application {
                 state.sessions.wait().await;
             })
         };
-        legato_runtime::http::serve(self.listener, service, shutdown).await;
+        legato_runtime::http::serve_http1(self.listener, service, shutdown).await;
         closer.await.context("closing sessions")?;
         admin.await.context("admin server task")?;
         legato_runtime::nats::drain(self.state.bus.client()).await;

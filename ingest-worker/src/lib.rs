@@ -1,8 +1,10 @@
 //! The Legato ingest worker: a member of the shared durable consumer `ingest` on `SYNC_IN`.
 //! Any worker may take any message; LWW makes the result independent of order, so workers
-//! scale out without partition assignment. See [`worker`] for the loop and its crash windows.
+//! scale out without partition assignment. See [`worker`] for the loop and its crash windows,
+//! [`lag`] for the backlog gauges.
 
 pub mod config;
+pub mod lag;
 pub mod metrics;
 pub mod worker;
 
@@ -30,10 +32,12 @@ impl Application {
         let store = legato_runtime::store::open(&config.store, &config.data_dir)
             .await
             .context("opening the store")?;
+        let registry = Registry::new();
+        let store = legato_runtime::store_metrics::instrument(store, &registry)
+            .context("registering store metrics")?;
         let client = legato_runtime::nats::connect(&config.nats)
             .await
             .context("connecting to NATS")?;
-        let registry = Registry::new();
         let metrics = metrics::IngestMetrics::register(&registry).context("registering metrics")?;
         let provisioned = Arc::new(AtomicBool::new(false));
         let health = {
@@ -74,9 +78,15 @@ impl Application {
             self.health,
             shutdown.clone(),
         ));
+        let lag = tokio::spawn(lag::run(
+            self.worker.js.clone(),
+            self.worker.metrics.clone(),
+            shutdown.clone(),
+        ));
         let client = self.worker.client.clone();
         self.worker.run(shutdown).await;
         admin.await.context("admin server task")?;
+        lag.await.context("backlog sampler task")?;
         legato_runtime::nats::drain(&client).await;
         Ok(())
     }

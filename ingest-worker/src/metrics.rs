@@ -1,6 +1,6 @@
 //! The ingest worker's metrics (`legato_ingest_*`).
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 #[derive(Clone)]
 pub struct IngestMetrics {
@@ -11,6 +11,12 @@ pub struct IngestMetrics {
     pub redeliveries: IntCounter,
     pub terminated: IntCounterVec,
     pub store_errors: IntCounter,
+    /// Sampled from the `ingest` consumer by [`crate::lag`]; every worker reports the same
+    /// shared consumer, so aggregate these with `max`, not `sum`.
+    pub consumer_pending: IntGauge,
+    pub consumer_ack_pending: IntGauge,
+    pub watermark_sequence: IntGauge,
+    pub watermark_lag: IntGauge,
 }
 
 impl IngestMetrics {
@@ -49,6 +55,22 @@ impl IngestMetrics {
                 "legato_ingest_store_errors_total",
                 "Failed store applies (retried)",
             )?,
+            consumer_pending: IntGauge::new(
+                "legato_ingest_consumer_pending_messages",
+                "SYNC_IN messages not yet delivered to a worker",
+            )?,
+            consumer_ack_pending: IntGauge::new(
+                "legato_ingest_consumer_ack_pending_messages",
+                "SYNC_IN messages delivered and not yet acked",
+            )?,
+            watermark_sequence: IntGauge::new(
+                "legato_ingest_watermark_sequence",
+                "Commit watermark: every SYNC_IN message at or below it is committed",
+            )?,
+            watermark_lag: IntGauge::new(
+                "legato_ingest_watermark_lag_messages",
+                "Newest SYNC_IN sequence minus the commit watermark",
+            )?,
         };
         registry.register(Box::new(m.batches.clone()))?;
         registry.register(Box::new(m.items.clone()))?;
@@ -57,6 +79,14 @@ impl IngestMetrics {
         registry.register(Box::new(m.redeliveries.clone()))?;
         registry.register(Box::new(m.terminated.clone()))?;
         registry.register(Box::new(m.store_errors.clone()))?;
+        for g in [
+            &m.consumer_pending,
+            &m.consumer_ack_pending,
+            &m.watermark_sequence,
+            &m.watermark_lag,
+        ] {
+            registry.register(Box::new(g.clone()))?;
+        }
         Ok(m)
     }
 }

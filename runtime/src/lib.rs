@@ -1,8 +1,8 @@
 //! What every Legato binary shares: layered configuration ([`config`]), tracing
 //! ([`telemetry`]), staged shutdown ([`shutdown`]), the NATS connection and the idempotent
 //! provisioning of streams and consumers ([`nats`]), the HTTP accept loop ([`http`]), the
-//! admin server with `/livez`, `/readyz` and `/metrics` ([`admin`]) and opening the configured
-//! store ([`store`]).
+//! admin server with `/livez`, `/readyz` and `/metrics` ([`admin`]), opening the configured
+//! store ([`store`]) and measuring its calls ([`store_metrics`]).
 
 pub mod admin;
 pub mod config;
@@ -10,4 +10,5 @@ pub mod http;
 pub mod nats;
 pub mod shutdown;
 pub mod store;
+pub mod store_metrics;
 pub mod telemetry;

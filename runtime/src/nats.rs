@@ -260,3 +260,43 @@ pub fn worker_ready(
         (true, true) => Ok(()),
     }
 }
+
+/// The `ingest` consumer's backlog at one instant, for the lag gauges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IngestBacklog {
+    /// Messages in `SYNC_IN` not yet delivered to any worker.
+    pub pending: u64,
+    /// Messages delivered to a worker and not yet acked (being applied).
+    pub ack_pending: u64,
+    /// The commit watermark (see [`ingest_watermark`]).
+    pub watermark: u64,
+    /// The newest `SYNC_IN` sequence.
+    pub last_sequence: u64,
+}
+
+impl IngestBacklog {
+    /// Messages published but not yet below the watermark: how far cursors trail the writes.
+    pub fn watermark_lag(&self) -> u64 {
+        self.last_sequence.saturating_sub(self.watermark)
+    }
+}
+
+pub async fn ingest_backlog(js: &jetstream::Context) -> Result<IngestBacklog, BusError> {
+    let stream = js
+        .get_stream_no_info(subject::SYNC_IN_STREAM)
+        .await
+        .map_err(js_err)?;
+    // The consumer first: the stream's last sequence read after it is at least the ack floor,
+    // so the lag is never understated.
+    let consumer = stream
+        .consumer_info(subject::INGEST_CONSUMER)
+        .await
+        .map_err(js_err)?;
+    let last_sequence = stream.get_info().await.map_err(js_err)?.state.last_sequence;
+    Ok(IngestBacklog {
+        pending: consumer.num_pending,
+        ack_pending: consumer.num_ack_pending as u64,
+        watermark: consumer.ack_floor.stream_sequence,
+        last_sequence,
+    })
+}

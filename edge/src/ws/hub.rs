@@ -67,6 +67,9 @@ pub enum RegisterError {
     Unavailable,
 }
 
+/// The broker did not take the user's subscriptions in time.
+struct SubscribeFailed;
+
 struct UserEntry {
     sessions: Vec<Arc<SessionLink>>,
     /// `true` once the user's subscriptions are live.
@@ -188,14 +191,25 @@ impl Hub {
             .sum()
     }
 
-    async fn subscribe(
-        &self,
-        user: &UserId,
-    ) -> Result<tokio::task::AbortHandle, async_nats::SubscribeError> {
-        let deliveries = self.client.subscribe(subject::deliver(user)).await?;
-        let presence = self.client.subscribe(subject::presence(user)).await?;
+    async fn subscribe(&self, user: &UserId) -> Result<tokio::task::AbortHandle, SubscribeFailed> {
+        if !legato_runtime::nats::is_connected(&self.client) {
+            return Err(SubscribeFailed);
+        }
+        let deliveries = self
+            .client
+            .subscribe(subject::deliver(user))
+            .await
+            .map_err(|_| SubscribeFailed)?;
+        let presence = self
+            .client
+            .subscribe(subject::presence(user))
+            .await
+            .map_err(|_| SubscribeFailed)?;
         // Make the interest known to the server before any session is told it is live.
-        let _ = self.client.flush().await;
+        match tokio::time::timeout(SUBSCRIBE_WAIT, self.client.flush()).await {
+            Ok(Ok(())) => {}
+            _ => return Err(SubscribeFailed),
+        }
         let hub = self.this.clone();
         let task = tokio::spawn(pump(
             hub,

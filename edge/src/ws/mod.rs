@@ -20,6 +20,7 @@ use legato_schema::UserId;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
@@ -50,6 +51,13 @@ fn header_is(req: &Request<Incoming>, name: header::HeaderName, token: &str) -> 
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|v| v.trim().eq_ignore_ascii_case(token))
+}
+
+/// The socket under a session: the plain TCP stream when hyper hands it back (always, with
+/// the edge's HTTP/1 server), else hyper's upgraded connection.
+enum Session {
+    Plain(WebSocketStream<TcpStream>),
+    Wrapped(WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>),
 }
 
 /// Checks the request before upgrading: query, token, user match, session limit.
@@ -140,12 +148,34 @@ pub async fn upgrade(state: Arc<State>, mut req: Request<Incoming>) -> Response 
                     .write_buffer_size(0)
                     .max_message_size(Some(ws_config.max_frame_bytes))
                     .max_frame_size(Some(ws_config.max_frame_bytes));
-                let ws = WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
-                    Role::Server,
-                    Some(config),
-                )
-                .await;
+                // Take the TCP stream back from hyper so none of its buffers stay attached to
+                // an idle session; bytes the client sent early are handed to tungstenite.
+                let ws = match upgraded.downcast::<TokioIo<TcpStream>>() {
+                    Ok(parts) => {
+                        let stream = parts.io.into_inner();
+                        let early = parts.read_buf.to_vec();
+                        Session::Plain(if early.is_empty() {
+                            WebSocketStream::from_raw_socket(stream, Role::Server, Some(config))
+                                .await
+                        } else {
+                            WebSocketStream::from_partially_read(
+                                stream,
+                                early,
+                                Role::Server,
+                                Some(config),
+                            )
+                            .await
+                        })
+                    }
+                    Err(upgraded) => Session::Wrapped(
+                        WebSocketStream::from_raw_socket(
+                            TokioIo::new(upgraded),
+                            Role::Server,
+                            Some(config),
+                        )
+                        .await,
+                    ),
+                };
                 let dispatch = Arc::new(EdgeDispatch {
                     state: state.clone(),
                     user: subject.clone(),
@@ -156,9 +186,15 @@ pub async fn upgrade(state: Arc<State>, mut req: Request<Incoming>) -> Response 
                     rate_burst: ws_config.rate_burst,
                     max_inflight_mutations: ws_config.max_inflight_mutations,
                 };
-                session::drive(ws, link.clone(), rx, dispatch, limits)
-                    .await
-                    .label()
+                match ws {
+                    Session::Plain(ws) => {
+                        session::drive(ws, link.clone(), rx, dispatch, limits).await
+                    }
+                    Session::Wrapped(ws) => {
+                        session::drive(ws, link.clone(), rx, dispatch, limits).await
+                    }
+                }
+                .label()
             }
             Err(e) => {
                 tracing::debug!(error = %e, "upgrade failed");
