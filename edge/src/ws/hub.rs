@@ -1,6 +1,6 @@
 //! The edge's session hub: which sessions of which user live here, and the NATS interest
 //! that follows them. While it holds at least one session of a user, the edge subscribes to
-//! `sync.deliver.<user>` (live changes from fanout) and `sync.presence.<user>` (session counts
+//! `sync.deliver.<user>` (live changes from fanout, and presence requests asking for session counts
 //! for `deviceCount`); after the last one leaves, it unsubscribes.
 //!
 //! Delivery never blocks: each session has a bounded queue. A full queue marks the session
@@ -20,7 +20,10 @@ use tokio_util::sync::CancellationToken;
 
 /// What the hub sends a session.
 pub enum Outbound {
+    /// Live frames from fanout.
     Delivery(Arc<Delivery>),
+    /// One frame answering the session's own request (a mutation's result).
+    Frame(String),
 }
 
 /// The hub's handle on one session.
@@ -200,24 +203,13 @@ impl Hub {
             .subscribe(subject::deliver(user))
             .await
             .map_err(|_| SubscribeFailed)?;
-        let presence = self
-            .client
-            .subscribe(subject::presence(user))
-            .await
-            .map_err(|_| SubscribeFailed)?;
         // Make the interest known to the server before any session is told it is live.
         match tokio::time::timeout(SUBSCRIBE_WAIT, self.client.flush()).await {
             Ok(Ok(())) => {}
             _ => return Err(SubscribeFailed),
         }
         let hub = self.this.clone();
-        let task = tokio::spawn(pump(
-            hub,
-            user.clone(),
-            deliveries,
-            presence,
-            self.client.clone(),
-        ));
+        let task = tokio::spawn(pump(hub, user.clone(), deliveries, self.client.clone()));
         Ok(task.abort_handle())
     }
 
@@ -274,38 +266,38 @@ impl Hub {
     }
 }
 
+/// Reads the user's one subscription: deliveries from fanout, and presence requests (the only
+/// messages on the subject with a reply address). One subscription per user, not two: each
+/// costs a channel block of about 6 KiB in the client.
 async fn pump(
     hub: Weak<Hub>,
     user: UserId,
     mut deliveries: Subscriber,
-    mut presence: Subscriber,
     client: async_nats::Client,
 ) {
-    loop {
-        tokio::select! {
-            message = deliveries.next() => {
-                let Some(message) = message else { return };
-                let Some(hub) = hub.upgrade() else { return };
-                let delivery = match envelope::decode::<Delivery>(&message.payload) {
-                    Ok(d) => Arc::new(d),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "undecodable delivery");
-                        continue;
-                    }
-                };
-                let header = |name: &str| message.headers.as_ref().and_then(|h| h.get(name)).map(|v| v.as_str().to_owned());
-                let (device, session) = (header(ORIGIN_DEVICE), header(ORIGIN_SESSION));
-                hub.deliver(&user, delivery, device.as_deref(), session.as_deref());
-            }
-            request = presence.next() => {
-                let Some(request) = request else { return };
-                let Some(hub) = hub.upgrade() else { return };
-                if let Some(reply) = request.reply {
-                    let count = hub.local_count(&user).to_string();
-                    let _ = client.publish(reply, Bytes::from(count)).await;
-                }
-            }
+    while let Some(message) = deliveries.next().await {
+        let Some(hub) = hub.upgrade() else { return };
+        if let Some(reply) = message.reply {
+            let count = hub.local_count(&user).to_string();
+            let _ = client.publish(reply, Bytes::from(count)).await;
+            continue;
         }
+        let delivery = match envelope::decode::<Delivery>(&message.payload) {
+            Ok(d) => Arc::new(d),
+            Err(e) => {
+                tracing::warn!(error = %e, "undecodable delivery");
+                continue;
+            }
+        };
+        let header = |name: &str| {
+            message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(name))
+                .map(|v| v.as_str().to_owned())
+        };
+        let (device, session) = (header(ORIGIN_DEVICE), header(ORIGIN_SESSION));
+        hub.deliver(&user, delivery, device.as_deref(), session.as_deref());
     }
 }
 
@@ -319,7 +311,7 @@ pub async fn device_count(
     let inbox = client.new_inbox();
     let mut replies = client.subscribe(inbox.clone()).await?;
     client
-        .publish_with_reply(subject::presence(user), inbox, Bytes::new())
+        .publish_with_reply(subject::deliver(user), inbox, Bytes::new())
         .await?;
     client.flush().await?;
     let mut total = 0;

@@ -215,7 +215,6 @@ where
 {
     let mut bucket = Bucket::new(limits.rate_per_sec, limits.rate_burst);
     let inflight = Arc::new(Semaphore::new(limits.max_inflight_mutations.max(1)));
-    let (done_tx, mut done_rx) = mpsc::channel::<String>(limits.max_inflight_mutations.max(1) * 2);
     let mut deadline = Instant::now() + limits.idle_timeout;
     let mut session = Session {
         ws: &mut ws,
@@ -240,8 +239,8 @@ where
                     Ok(())
                 }
             }
-            Some(frame) = done_rx.recv() => session.send(frame).await,
             outbound = rx.recv() => match outbound {
+                Some(Outbound::Frame(frame)) => session.send(frame).await,
                 Some(Outbound::Delivery(delivery)) => {
                     let mut result = Ok(());
                     for frame in &delivery.frames {
@@ -297,10 +296,11 @@ where
                                     dispatch.observe(Event::MessageIn(mutation_label(&kind)));
                                     // Backpressure: at most N mutations of a session in flight.
                                     let permit = inflight.clone().acquire_owned().await.expect("semaphore open");
-                                    let (dispatch, link, done) = (dispatch.clone(), link.clone(), done_tx.clone());
+                                    let (dispatch, link) = (dispatch.clone(), link.clone());
+                                    let tx = link.tx.clone();
                                     tokio::spawn(async move {
                                         for frame in dispatch.mutate(kind, entity, writes, link).await {
-                                            if done.send(frame).await.is_err() {
+                                            if tx.send(Outbound::Frame(frame)).await.is_err() {
                                                 break;
                                             }
                                         }
@@ -412,6 +412,17 @@ mod tests {
                 _ => continue,
             }
         }
+    }
+
+    #[tokio::test]
+    async fn the_session_future_stays_small() {
+        let (a, _b) = tokio::io::duplex(64);
+        let ws = WebSocketStream::from_raw_socket(a, Role::Server, None).await;
+        let (link, rx) = SessionLink::new("s".into(), None, 2);
+        let fut = drive(ws, link, rx, Arc::new(Stub), limits());
+        let size = std::mem::size_of_val(&fut);
+        eprintln!("session future: {size} bytes");
+        assert!(size < 4096, "{size}");
     }
 
     #[tokio::test(start_paused = true)]

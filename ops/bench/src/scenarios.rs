@@ -293,7 +293,11 @@ pub async fn idle_memory(
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = rss_bytes(edge.pid)?;
-    let group = HoldGroup::start(edge.addr, sessions / 10, 10, processes).await?;
+    let per_user: usize = std::env::var("BENCH_PER_USER")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    let group = HoldGroup::start(edge.addr, sessions / per_user, per_user, processes).await?;
     // Let the sessions settle (WELCOME sent, buffers at rest).
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = rss_bytes(edge.pid)?;
