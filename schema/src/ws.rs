@@ -288,6 +288,36 @@ pub fn repertoire_bulk_sync(pieces: &[&RawValue], last_seq: u64) -> String {
     .render()
 }
 
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Probe {
+    created_at: Option<Value>,
+    updated_at: Option<Value>,
+    deleted_at: Option<Value>,
+    score_id: Option<Value>,
+    status: Option<Value>,
+    completed_at: Option<Value>,
+}
+
+impl Probe {
+    fn into_value(self) -> Value {
+        let mut map = serde_json::Map::new();
+        for (key, value) in [
+            ("createdAt", self.created_at),
+            ("updatedAt", self.updated_at),
+            ("deletedAt", self.deleted_at),
+            ("scoreId", self.score_id),
+            ("status", self.status),
+            ("completedAt", self.completed_at),
+        ] {
+            if let Some(v) = value {
+                map.insert(key.into(), v);
+            }
+        }
+        Value::Object(map)
+    }
+}
+
 /// A created entity has no `updatedAt`, or one equal to its `createdAt`.
 fn looks_created(payload: &Value) -> bool {
     match (payload.get("createdAt"), payload.get("updatedAt")) {
@@ -309,7 +339,9 @@ pub fn render_change(
     at: Clock,
 ) -> Option<String> {
     let raw: &RawValue = serde_json::from_str(payload).ok()?;
-    let value: Value = serde_json::from_str(payload).ok()?;
+    // Only these fields steer the rendering; everything else is skipped, not built.
+    let probe: Probe = serde_json::from_str(payload).ok()?;
+    let value = probe.into_value();
     let created = looks_created(&value);
     let mut frame = Frame {
         seq: Some(seq),

@@ -73,6 +73,8 @@ pub struct PipelineOptions {
     pub apply_jitter_ms: u64,
     pub edges: usize,
     pub fanout_workers: usize,
+    /// The ingest consumer's ack wait: how soon a stalled worker's messages go to another.
+    pub ingest_ack_wait_secs: u64,
     /// Edge WebSocket settings.
     pub ws: legato_edge::config::WsConfig,
 }
@@ -85,6 +87,7 @@ impl Default for PipelineOptions {
             apply_jitter_ms: 0,
             edges: 1,
             fanout_workers: 1,
+            ingest_ack_wait_secs: 30,
             ws: legato_edge::config::WsConfig::default(),
         }
     }
@@ -276,6 +279,7 @@ impl Pipeline {
             ..IngestConfig::default()
         };
         config.batch.apply_jitter_ms = options.apply_jitter_ms;
+        config.consumer.ack_wait_secs = options.ingest_ack_wait_secs;
         let app = legato_ingest::Application::build(config)
             .await
             .expect("ingest build");

@@ -215,3 +215,83 @@ async fn one_round(p: &Arc<Pipeline>, user: &'static str, seed: u64) {
     );
     assert_eq!(seen, expected);
 }
+
+/// The deterministic form of the race: change X (message 1) is held by a stalled worker while
+/// change Y (message 2) commits and is delivered; the client sees Y, goes offline, X commits
+/// and is delivered while it is away. Resuming from the `seq` Y carried must bring X back — it
+/// would not if live frames carried Y's raw sequence, which is above X's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_committed_out_of_order_while_offline_comes_back_on_resume() {
+    // Worker A takes X and stalls (its apply waits a minute); it never sends progress, so
+    // X is redelivered to worker B after the 1 s ack wait.
+    let mut p = Pipeline::start(PipelineOptions {
+        ingest_workers: 1,
+        apply_jitter_ms: 60_000,
+        commit_wait_ms: 300,
+        ingest_ack_wait_secs: 1,
+        ..Default::default()
+    })
+    .await;
+    let stalled = p.ingest.remove(0);
+    let user = "user_race";
+    let mut reader = WsClient::connect(p.edge_addr, user, Some("reader")).await;
+    let x = json!({"id":"x","updatedAt":1000});
+    let (status, _, _) = p
+        .post_with(
+            user,
+            "/api/sync/push",
+            &json!({"changes":{"entries":[x]}}),
+            &[("X-Device-ID", "writer")],
+        )
+        .await;
+    assert_eq!(status, 202, "X waits in the stalled worker");
+    let prompt = PipelineOptions {
+        apply_jitter_ms: 0,
+        ..p.options.clone()
+    };
+    let worker_b = Pipeline::spawn_ingest(&p.nats, &p.data_dir, 1, &prompt).await;
+    p.ingest.push(worker_b);
+    let y = json!({"id":"y","updatedAt":1000});
+    let (status, _, _) = p
+        .post_with(
+            user,
+            "/api/sync/push",
+            &json!({"changes":{"entries":[y]}}),
+            &[("X-Device-ID", "writer")],
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (seen, _) = reader.until(|f| f["entry"]["id"] == "y").await;
+    let resume_from = seen["seq"].as_u64().unwrap();
+    drop(reader);
+    // X commits (redelivered to worker B) and its frame is published while the reader is away.
+    wait_for("X committed", Duration::from_secs(20), || async {
+        let (_, pulled) = p.pull(user, &json!({})).await;
+        pulled["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["id"] == "x")
+            .then_some(())
+    })
+    .await;
+    wait_for("X's frame published", Duration::from_secs(20), || async {
+        (p.metric(p.fanout.admin, "legato_fanout_frames_total").await >= 2.0).then_some(())
+    })
+    .await;
+    let mut reader = WsClient::connect(p.edge_addr, user, Some("reader")).await;
+    reader
+        .send(&json!({"type":"SYNC_REQUEST","lastSeq": resume_from}))
+        .await;
+    let (done, frames) = reader.until(|f| f["type"] == "SYNC_RESPONSE").await;
+    let mut view = View::default();
+    for f in &frames {
+        view.apply(f);
+    }
+    assert!(
+        view.entries.contains_key("x"),
+        "resuming from {resume_from} skipped X: {frames:?} {done}"
+    );
+    stalled.task.abort();
+    p.shutdown().await;
+}

@@ -193,6 +193,32 @@ async fn wait_tcp(port: u16) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// CPU seconds (user + system) used so far by each process of the cluster and by this one.
+pub fn cpu_seconds(cluster: &Cluster) -> Vec<(String, f64)> {
+    let read = |pid: &str| -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // Fields after the command name (which may contain spaces) start at ") ".
+        let rest = stat.rsplit_once(") ").map_or("", |(_, r)| r);
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        // utime and stime are fields 14 and 15 of /proc/PID/stat (11 and 12 after the name);
+        // the kernel reports them in USER_HZ, 100 on Linux.
+        (ticks(11) + ticks(12)) / 100.0
+    };
+    let mut out: Vec<(String, f64)> = cluster
+        .children
+        .iter()
+        .map(|(name, child)| (name.clone(), read(&child.id().to_string())))
+        .collect();
+    out.push(("load generator".into(), read("self")));
+    out
+}
+
 /// Resident set size of a process, in bytes.
 pub fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;

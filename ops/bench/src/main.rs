@@ -84,6 +84,7 @@ fn commit() -> String {
 async fn throughput(s: &Settings, report: &mut Report) -> anyhow::Result<(f64, f64)> {
     let mut store_rates = Vec::new();
     let mut js_rates = Vec::new();
+    let mut cpu: Vec<(String, f64)> = Vec::new();
     let mut rows: Vec<(usize, usize, Vec<f64>)> = Vec::new();
     for batch in [1, 10, 100] {
         for concurrency in [1, 8, 32, 64] {
@@ -95,8 +96,17 @@ async fn throughput(s: &Settings, report: &mut Report) -> anyhow::Result<(f64, f
         let cluster = Cluster::start(&scenarios::shape(1)).await?;
         js_rates.push(scenarios::raw_jetstream(&cluster.nats_url, 256, s.seconds).await?);
         for (batch, concurrency, rates) in rows.iter_mut() {
+            let before = cluster::cpu_seconds(&cluster);
             rates
                 .push(scenarios::push_throughput(&cluster, *batch, *concurrency, s.seconds).await?);
+            if (*batch, *concurrency) == (100, 64) {
+                let after = cluster::cpu_seconds(&cluster);
+                cpu = before
+                    .iter()
+                    .zip(after)
+                    .map(|((name, b), (_, a))| (name.clone(), a - b))
+                    .collect();
+            }
         }
     }
     let store = median(&mut store_rates);
@@ -127,6 +137,22 @@ async fn throughput(s: &Settings, report: &mut Report) -> anyhow::Result<(f64, f
             "| {batch} | {concurrency} | {rate:.0} | {requests:.0} | {:.2} | {:.2} |",
             rate / store,
             requests / js
+        )?;
+    }
+    writeln!(
+        table,
+        "\nWhere the CPU went during the last 100 × 64 run ({:.1} s on 2 cores):\n",
+        s.seconds
+    )?;
+    writeln!(
+        table,
+        "| process | CPU s | share of the machine |\n|---|---:|---:|"
+    )?;
+    for (name, seconds) in &cpu {
+        writeln!(
+            table,
+            "| {name} | {seconds:.2} | {:.0} % |",
+            100.0 * seconds / (2.0 * s.seconds)
         )?;
     }
     report.add("Push throughput", table);
