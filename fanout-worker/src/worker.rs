@@ -205,9 +205,17 @@ impl Fanout {
             }
             self.metrics.deliveries.inc();
         }
-        if let Err(e) = self.client.flush().await {
-            tracing::warn!(error = %e, "flushing deliveries failed");
-            return false;
+        // Bounded: a flush waits for the broker, which may be gone; unacked batches come back.
+        match tokio::time::timeout(Duration::from_secs(5), self.client.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "flushing deliveries failed");
+                return false;
+            }
+            Err(_) => {
+                tracing::warn!("flushing deliveries timed out");
+                return false;
+            }
         }
         for r in &received {
             let lag = (now.as_micros() - r.batch.committed_at.as_micros()).max(0) as f64 / 1e6;

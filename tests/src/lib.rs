@@ -20,6 +20,18 @@ pub use nats_server::NatsServer;
 
 pub const SECRET: &str = "legato-test-secret";
 
+/// A small deterministic PRNG (xorshift), so a failing run can be replayed from its seed.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
 /// Logs go through libtest's capture, so they show only for failing tests.
 pub fn init_test_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

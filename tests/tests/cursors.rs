@@ -3,7 +3,7 @@
 
 use legato_schema::{ChangeSeq, UserId};
 use legato_store::Store;
-use legato_tests::{Pipeline, PipelineOptions, wait_for};
+use legato_tests::{Pipeline, PipelineOptions, Rng, wait_for};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -22,17 +22,6 @@ fn apply_page(view: &mut View, page: &Value) {
     }
     for deleted in page["deleted"].as_array().expect("deleted") {
         view.insert(deleted["id"].as_str().unwrap().to_owned(), None);
-    }
-}
-
-/// A small deterministic PRNG, so a failure can be replayed from its seed.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
     }
 }
 
@@ -100,14 +89,14 @@ async fn one_round(p: &Arc<Pipeline>, user: &str, seed: u64) {
             let mut rng = Rng(0x5eed + w * 7919 + seed * 104_729);
             for _ in 0..60 {
                 let mut items = Vec::new();
-                for _ in 0..(1 + rng.next() % 3) {
-                    let id = format!("e{}", rng.next() % 40);
-                    let clock = 1_750_000_000_000 + (rng.next() % 50) as i64 * 1000;
-                    if rng.next().is_multiple_of(5) {
+                for _ in 0..(1 + rng.next_u64() % 3) {
+                    let id = format!("e{}", rng.next_u64() % 40);
+                    let clock = 1_750_000_000_000 + (rng.next_u64() % 50) as i64 * 1000;
+                    if rng.next_u64().is_multiple_of(5) {
                         items.push(json!({"id": id, "deletedAt": clock}));
                     } else {
                         items.push(
-                            json!({"id": id, "updatedAt": clock, "w": w, "r": rng.next() % 1000}),
+                            json!({"id": id, "updatedAt": clock, "w": w, "r": rng.next_u64() % 1000}),
                         );
                     }
                 }

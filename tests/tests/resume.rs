@@ -5,7 +5,7 @@
 use legato_schema::{ChangeSeq, UserId};
 use legato_store::Store;
 use legato_tests::ws_client::WsClient;
-use legato_tests::{Pipeline, PipelineOptions, wait_for};
+use legato_tests::{Pipeline, PipelineOptions, Rng, wait_for};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -67,16 +67,6 @@ impl View {
     }
 }
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
 /// Connects and asks for everything after the view's cursor; returns the session.
 async fn resume(p: &Pipeline, user: &str, view: &mut View) -> WsClient {
     let mut client = WsClient::connect(p.edge_addr, user, Some("reader")).await;
@@ -122,7 +112,7 @@ async fn one_round(p: &Arc<Pipeline>, user: &'static str, seed: u64) {
                 // Read the catch-up to its end, then a few live frames, then drop the
                 // connection: live frames are where an unsafe cursor would come from.
                 let mut caught_up = false;
-                let mut live_budget = 1 + rng.next() % 4;
+                let mut live_budget = 1 + rng.next_u64() % 4;
                 while live_budget > 0 {
                     match client.next_within(Duration::from_millis(300)).await {
                         Some(Ok(frame)) => {
@@ -143,7 +133,7 @@ async fn one_round(p: &Arc<Pipeline>, user: &'static str, seed: u64) {
                 reconnects += 1;
                 // Offline for a while (the stimulus, not a wait): live frames of that time are
                 // gone, only the resume can bring their changes back.
-                tokio::time::sleep(Duration::from_millis(5 + rng.next() % 40)).await;
+                tokio::time::sleep(Duration::from_millis(5 + rng.next_u64() % 40)).await;
                 client = resume(&p, user, &mut view).await;
             }
         })
@@ -154,10 +144,10 @@ async fn one_round(p: &Arc<Pipeline>, user: &'static str, seed: u64) {
             tokio::spawn(async move {
                 let mut rng = Rng(0xabcd + w + seed * 1009);
                 for n in 0..80i64 {
-                    let id = format!("e{}", rng.next() % 400);
+                    let id = format!("e{}", rng.next_u64() % 400);
                     // Unique clocks: the client-side LWW needs no tie-break.
                     let clock = 1_750_000_000_000 + n * 10 + w as i64;
-                    let item = if rng.next().is_multiple_of(4) {
+                    let item = if rng.next_u64().is_multiple_of(4) {
                         json!({"id": id, "deletedAt": clock})
                     } else {
                         json!({"id": id, "updatedAt": clock, "w": w})

@@ -313,7 +313,9 @@ pub async fn device_count(
     client
         .publish_with_reply(subject::deliver(user), inbox, Bytes::new())
         .await?;
-    client.flush().await?;
+    tokio::time::timeout(SUBSCRIBE_WAIT, client.flush())
+        .await
+        .map_err(|_| "flush timed out")??;
     let mut total = 0;
     let deadline = tokio::time::Instant::now() + wait;
     while let Ok(Some(reply)) = tokio::time::timeout_at(deadline, replies.next()).await {
