@@ -7,10 +7,10 @@ pub mod metrics;
 pub mod worker;
 
 use anyhow::Context;
-use futures::StreamExt;
 use legato_runtime::admin::Health;
 use legato_runtime::config::NatsConfig;
 use legato_runtime::nats::{self, BusLimits, ConsumerSettings};
+use legato_runtime::shutdown::pause;
 use legato_schema::subject;
 use prometheus::Registry;
 use serde::{Deserialize, Serialize};
@@ -113,9 +113,8 @@ impl Application {
                 Ok(c) => break Some(c),
                 Err(e) => {
                     tracing::warn!(error = %e, "provisioning failed; retrying");
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-                        _ = shutdown.cancelled() => break None,
+                    if !pause(&shutdown, Duration::from_millis(500)).await {
+                        break None;
                     }
                 }
             }
@@ -128,39 +127,30 @@ impl Application {
                 Duration::from_millis(self.config.watermark_cache_ms),
             );
             while !shutdown.is_cancelled() {
-                let fetched = tokio::select! {
-                    r = consumer
-                        .fetch()
-                        .max_messages(self.config.max_batch)
-                        .expires(Duration::from_millis(self.config.fetch_expires_ms))
-                        .messages() => r,
-                    _ = shutdown.cancelled() => break,
-                };
-                let Ok(mut messages) = fetched else {
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_millis(250)) => continue,
-                        _ = shutdown.cancelled() => break,
-                    }
-                };
-                let gather_until = tokio::time::Instant::now()
-                    + Duration::from_millis(self.config.fetch_expires_ms)
-                    + Duration::from_secs(1);
-                let mut received = Vec::new();
-                loop {
-                    let next = tokio::select! {
-                        next = tokio::time::timeout_at(gather_until, messages.next()) => next,
-                        _ = shutdown.cancelled() => break,
+                let expires = Duration::from_millis(self.config.fetch_expires_ms);
+                let messages =
+                    match nats::fetch_batch(&consumer, self.config.max_batch, expires, &shutdown)
+                        .await
+                    {
+                        nats::Fetched::Messages(messages) => messages,
+                        nats::Fetched::Failed
+                            if pause(&shutdown, Duration::from_millis(250)).await =>
+                        {
+                            continue;
+                        }
+                        nats::Fetched::Failed | nats::Fetched::Stopped => break,
                     };
-                    let Ok(Some(Ok(message))) = next else { break };
+                let mut received = Vec::with_capacity(messages.len());
+                for message in messages {
                     if let Some(r) = fanout.decode(message).await {
                         received.push(r);
                     }
                 }
-                if !received.is_empty() && !fanout.process(received).await {
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-                        _ = shutdown.cancelled() => break,
-                    }
+                if !received.is_empty()
+                    && !fanout.process(received).await
+                    && !pause(&shutdown, Duration::from_millis(100)).await
+                {
+                    break;
                 }
             }
         }

@@ -11,8 +11,8 @@ use crate::metrics::IngestMetrics;
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, AckKind, consumer::PullConsumer, message::PublishMessage};
 use bytes::Bytes;
-use futures::StreamExt;
 use legato_runtime::nats;
+use legato_runtime::shutdown::pause;
 use legato_schema::cursor::MAX_ITEMS_PER_MESSAGE;
 use legato_schema::envelope::{
     self, Change, CommitReply, CommittedBatch, ENVELOPE_VERSION, IngestEnvelope, ItemOutcome,
@@ -41,14 +41,6 @@ struct Decoded {
     message: jetstream::Message,
     envelope: IngestEnvelope,
     seq: u64,
-}
-
-/// Sleeps unless shutdown comes first; returns false on shutdown.
-async fn pause(shutdown: &CancellationToken, duration: Duration) -> bool {
-    tokio::select! {
-        _ = tokio::time::sleep(duration) => true,
-        _ = shutdown.cancelled() => false,
-    }
 }
 
 impl Worker {
@@ -90,43 +82,18 @@ impl Worker {
                     Err(e) => tracing::warn!(error = %e, "purging expired records failed"),
                 }
             }
-            let fetched = tokio::select! {
-                r = consumer
-                    .fetch()
-                    .max_messages(batch.max_messages)
-                    .expires(Duration::from_millis(batch.fetch_expires_ms))
-                    .messages() => r,
-                _ = shutdown.cancelled() => break,
-            };
-            let mut stream = match fetched {
-                Ok(stream) => stream,
-                Err(e) => {
-                    tracing::warn!(error = %e, "fetch failed");
-                    if !pause(&shutdown, Duration::from_millis(250)).await {
-                        break;
+            let expires = Duration::from_millis(batch.fetch_expires_ms);
+            let messages =
+                match nats::fetch_batch(&consumer, batch.max_messages, expires, &shutdown).await {
+                    nats::Fetched::Messages(messages) => messages,
+                    nats::Fetched::Failed => {
+                        if !pause(&shutdown, Duration::from_millis(250)).await {
+                            break;
+                        }
+                        continue;
                     }
-                    continue;
-                }
-            };
-            let mut messages = Vec::with_capacity(batch.max_messages);
-            // A fetch ends at its expiry; the bound also covers a broker that vanished mid-fetch.
-            let gather_until = tokio::time::Instant::now()
-                + Duration::from_millis(batch.fetch_expires_ms)
-                + Duration::from_secs(1);
-            loop {
-                let next = tokio::select! {
-                    next = tokio::time::timeout_at(gather_until, stream.next()) => next,
-                    _ = shutdown.cancelled() => break,
+                    nats::Fetched::Stopped => break,
                 };
-                match next {
-                    Ok(Some(Ok(m))) => messages.push(m),
-                    Ok(Some(Err(e))) => {
-                        tracing::debug!(error = %e, "fetch ended early");
-                        break;
-                    }
-                    Ok(None) | Err(_) => break,
-                }
-            }
             if !messages.is_empty() {
                 self.process(messages, &shutdown).await;
             }

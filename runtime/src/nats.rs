@@ -300,3 +300,52 @@ pub async fn ingest_backlog(js: &jetstream::Context) -> Result<IngestBacklog, Bu
         last_sequence,
     })
 }
+
+/// What one [`fetch_batch`] brought.
+pub enum Fetched {
+    Messages(Vec<jetstream::Message>),
+    /// The fetch request failed (broker unreachable and the like): back off and retry.
+    Failed,
+    /// Shutdown came first.
+    Stopped,
+}
+
+/// Fetches up to `max` messages from a pull consumer, waiting at most `expires` for the
+/// first. Gathering is bounded by `expires` + 1 s (a broker that vanished mid-fetch never
+/// ends the batch) and ends early on `shutdown`, keeping what already arrived.
+pub async fn fetch_batch(
+    consumer: &consumer::PullConsumer,
+    max: usize,
+    expires: Duration,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> Fetched {
+    use futures::StreamExt;
+    let fetched = tokio::select! {
+        r = consumer.fetch().max_messages(max).expires(expires).messages() => r,
+        _ = shutdown.cancelled() => return Fetched::Stopped,
+    };
+    let mut stream = match fetched {
+        Ok(stream) => stream,
+        Err(e) => {
+            tracing::warn!(error = %e, "fetch failed");
+            return Fetched::Failed;
+        }
+    };
+    let gather_until = tokio::time::Instant::now() + expires + Duration::from_secs(1);
+    let mut messages = Vec::with_capacity(max);
+    loop {
+        let next = tokio::select! {
+            next = tokio::time::timeout_at(gather_until, stream.next()) => next,
+            _ = shutdown.cancelled() => break,
+        };
+        match next {
+            Ok(Some(Ok(m))) => messages.push(m),
+            Ok(Some(Err(e))) => {
+                tracing::debug!(error = %e, "fetch ended early");
+                break;
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    Fetched::Messages(messages)
+}

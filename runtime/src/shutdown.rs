@@ -26,6 +26,14 @@ impl Shutdown {
     }
 }
 
+/// Sleeps for `duration` unless `token` is cancelled first; returns false on cancellation.
+pub async fn pause(token: &CancellationToken, duration: std::time::Duration) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(duration) => true,
+        _ = token.cancelled() => false,
+    }
+}
+
 pub async fn wait_for_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
