@@ -32,4 +32,6 @@ fi
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The fault and attack suites run the service binaries as processes (tests/src/cluster.rs).
+cargo build --workspace --bins --locked
 cargo test --workspace --locked

@@ -2,7 +2,10 @@
 //! directory, killed on drop) and the real edge, ingest and fanout applications running
 //! in-process on port 0 over a temporary SQLite file.
 
+pub mod cluster;
 pub mod nats_server;
+pub mod view;
+pub mod workload;
 pub mod ws_client;
 
 use legato_edge::config::EdgeConfig;
@@ -58,6 +61,28 @@ where
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// One sample from a service's `/metrics`: the value of the line starting with `series` (name
+/// and labels exactly as exposed), 0 when absent.
+pub async fn metric(http: &reqwest::Client, admin: SocketAddr, series: &str) -> f64 {
+    let text = http
+        .get(format!("http://{admin}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics body");
+    text.lines()
+        .find_map(|line| {
+            line.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0.0)
 }
 
 /// One running in-process service.
@@ -257,24 +282,7 @@ impl Pipeline {
     /// One sample from a service's `/metrics`: the value of the line starting with `series`
     /// (name and labels exactly as exposed), 0 when absent.
     pub async fn metric(&self, admin: SocketAddr, series: &str) -> f64 {
-        let text = self
-            .http
-            .get(format!("http://{admin}/metrics"))
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("metrics body");
-        text.lines()
-            .find_map(|line| {
-                line.strip_prefix(series)?
-                    .strip_prefix(' ')?
-                    .trim()
-                    .parse()
-                    .ok()
-            })
-            .unwrap_or(0.0)
+        metric(&self.http, admin, series).await
     }
 
     pub async fn spawn_ingest(

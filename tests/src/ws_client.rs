@@ -22,6 +22,17 @@ pub enum Closed {
 impl WsClient {
     /// Connects and reads WELCOME.
     pub async fn connect(edge: SocketAddr, user: &str, device: Option<&str>) -> WsClient {
+        Self::try_connect(edge, user, device)
+            .await
+            .expect("ws connect")
+    }
+
+    /// Connects and reads WELCOME; the error says what went wrong instead.
+    pub async fn try_connect(
+        edge: SocketAddr,
+        user: &str,
+        device: Option<&str>,
+    ) -> Result<WsClient, String> {
         let token = crate::Pipeline::token(user);
         let mut url = format!(
             "ws://{edge}/sync/ws?userId={}&token={token}",
@@ -30,20 +41,28 @@ impl WsClient {
         if let Some(d) = device {
             url.push_str(&format!("&deviceId={}", urlencode(d)));
         }
-        let (ws, _) = tokio_tungstenite::connect_async(url)
+        let connect = tokio_tungstenite::connect_async(url);
+        let (ws, _) = tokio::time::timeout(Duration::from_secs(10), connect)
             .await
-            .expect("ws connect");
+            .map_err(|_| "connect timed out".to_string())?
+            .map_err(|e| e.to_string())?;
         let mut client = WsClient { ws };
-        let welcome = client.next().await.expect("welcome");
-        assert_eq!(welcome["type"], "WELCOME", "{welcome}");
-        client
+        match client.next_within(Duration::from_secs(10)).await {
+            Some(Ok(welcome)) if welcome["type"] == "WELCOME" => Ok(client),
+            other => Err(format!("no WELCOME: {other:?}")),
+        }
     }
 
-    pub async fn send(&mut self, frame: &Value) {
+    /// Sends a frame; the error when the session is gone.
+    pub async fn try_send(&mut self, frame: &Value) -> Result<(), String> {
         self.ws
             .send(Message::text(frame.to_string()))
             .await
-            .expect("ws send");
+            .map_err(|e| e.to_string())
+    }
+
+    pub async fn send(&mut self, frame: &Value) {
+        self.try_send(frame).await.expect("ws send");
     }
 
     /// The next JSON frame, or why there is none; panics after 10 s.
@@ -86,7 +105,7 @@ impl WsClient {
     }
 }
 
-fn urlencode(s: &str) -> String {
+pub fn urlencode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
