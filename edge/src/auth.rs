@@ -56,13 +56,18 @@ impl Authenticator {
         UserId::parse(data.claims.sub).map_err(|_| AuthError::Invalid)
     }
 
-    /// The token of an HTTP request: the bearer header wins over the cookie.
+    /// The token of an HTTP request: the bearer header wins over the cookie. A bearer header
+    /// with an empty or malformed token is still the request's credential (refused), never a
+    /// reason to use the cookie instead. HTTP parsers strip the trailing space of `Bearer `,
+    /// so a bare `Bearer` is such an empty token, and `Bearer<TAB>token` is a bearer header too.
     pub fn token_from_headers<'a>(
         authorization: Option<&'a str>,
         cookie: Option<&'a str>,
     ) -> Option<&'a str> {
-        if let Some(token) = authorization.and_then(|h| h.strip_prefix("Bearer ")) {
-            return Some(token.trim());
+        if let Some(rest) = authorization.and_then(|h| h.trim().strip_prefix("Bearer"))
+            && (rest.is_empty() || rest.starts_with(|c: char| c.is_ascii_whitespace()))
+        {
+            return Some(rest.trim());
         }
         cookie?
             .split(';')
@@ -174,5 +179,30 @@ mod tests {
         );
         assert_eq!(Authenticator::token_from_headers(None, Some("x=1")), None);
         assert_eq!(auth().authenticate(None, None), Err(AuthError::Missing));
+        // an empty bearer token does not fall back to the cookie, however it is spelled
+        let good = issue_token("secret", "user_1", 60);
+        let cookie = format!("auth-token={good}");
+        for header in ["Bearer ", "Bearer", "Bearer   ", " Bearer ", "Bearer\t"] {
+            assert_eq!(
+                auth().authenticate(Some(header), Some(&cookie)),
+                Err(AuthError::Missing),
+                "{header:?}"
+            );
+        }
+        assert_eq!(
+            Authenticator::token_from_headers(Some("Bearer\tabc"), Some("auth-token=def")),
+            Some("abc")
+        );
+        // not a bearer header (CONTRACT.md §1): the cookie is the credential
+        for header in ["Basic x", "bearer x", "Bearerx"] {
+            assert_eq!(
+                auth()
+                    .authenticate(Some(header), Some(&cookie))
+                    .unwrap()
+                    .as_str(),
+                "user_1",
+                "{header:?}"
+            );
+        }
     }
 }

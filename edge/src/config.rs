@@ -3,6 +3,7 @@
 use legato_runtime::config::{NatsConfig, Secret, StoreConfig};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
+use std::time::Duration;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
@@ -106,6 +107,26 @@ pub struct Limits {
     /// Largest bus envelope; a larger request travels as several envelopes. Must stay below
     /// the broker's max payload and `SYNC_IN`'s max message size (1 MiB).
     pub max_envelope_bytes: usize,
+    /// HTTP connections served at once on the main port. Past it the edge stops accepting and
+    /// new connections wait in the kernel's listen backlog until one closes. A connection
+    /// upgraded to a WebSocket session no longer counts (sessions are capped per user by
+    /// `ws.max_sessions_per_user`). Keep it, plus the sessions, below the open-file limit.
+    pub max_connections: usize,
+    /// Connections the kernel queues on the main port until the edge accepts them (capped by
+    /// `net.core.somaxconn`): a burst of connects, such as a reconnect storm, or connections
+    /// waiting for a free `max_connections` slot, wait there instead of being reset.
+    pub listen_backlog: u32,
+    /// A client must send a request's complete head (request line and headers) within this,
+    /// counted from the connection's start or the end of the previous response, else the
+    /// connection is closed: a slowloris client holds a connection at most this long, and so
+    /// does an idle keep-alive connection.
+    pub header_read_timeout_ms: u64,
+    /// From a request's head to its response head, body included: a body trickled in more
+    /// slowly gets 408 and the connection is closed. Must exceed
+    /// `sync.publish_timeout_ms + sync.commit_wait_ms`, the longest a push waits by design;
+    /// keep it well above, since a push waiting on a concurrent one with the same idempotency
+    /// key waits up to about twice that (a 408 is safe to retry with the key).
+    pub request_timeout_ms: u64,
 }
 
 impl Default for Limits {
@@ -115,6 +136,10 @@ impl Default for Limits {
             max_items: 1000,
             max_item_bytes: 256 * 1024,
             max_envelope_bytes: 1024 * 1024 - 64 * 1024,
+            max_connections: 10_000,
+            listen_backlog: 4096,
+            header_read_timeout_ms: 10_000,
+            request_timeout_ms: 60_000,
         }
     }
 }
@@ -179,6 +204,28 @@ impl EdgeConfig {
         if self.limits.max_items > legato_schema::cursor::MAX_ITEMS_PER_MESSAGE {
             return Err("limits.max_items is above 1024".into());
         }
+        if self.limits.max_connections == 0 || self.limits.header_read_timeout_ms == 0 {
+            return Err(
+                "limits.max_connections and limits.header_read_timeout_ms must be positive".into(),
+            );
+        }
+        if self.limits.request_timeout_ms <= self.sync.publish_timeout_ms + self.sync.commit_wait_ms
+        {
+            return Err(
+                "limits.request_timeout_ms must exceed sync.publish_timeout_ms + \
+                 sync.commit_wait_ms"
+                    .into(),
+            );
+        }
         Ok(())
+    }
+
+    /// The main port's connection limits.
+    pub fn connection_limits(&self) -> legato_runtime::http::ConnectionLimits {
+        legato_runtime::http::ConnectionLimits {
+            max_connections: self.limits.max_connections,
+            header_read_timeout: Duration::from_millis(self.limits.header_read_timeout_ms),
+            request_timeout: Duration::from_millis(self.limits.request_timeout_ms),
+        }
     }
 }

@@ -22,8 +22,31 @@ use state::State;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
+
+/// Binds `addr` with a listen backlog of `backlog` (the kernel caps it at
+/// `net.core.somaxconn`; `TcpListener::bind` would use 1024): connections arriving faster than
+/// the edge accepts them, as in a reconnect storm, wait there instead of being reset.
+async fn bind(addr: &str, backlog: u32) -> std::io::Result<TcpListener> {
+    let mut last = None;
+    for addr in tokio::net::lookup_host(addr).await? {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        // As `TcpListener::bind` does: a restarted edge can bind while old sockets linger.
+        socket.set_reuseaddr(true)?;
+        match socket.bind(addr) {
+            Ok(()) => return socket.listen(backlog),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address to bind")
+    }))
+}
 
 pub struct Application {
     listener: TcpListener,
@@ -34,7 +57,7 @@ pub struct Application {
 impl Application {
     pub async fn build(config: EdgeConfig) -> anyhow::Result<Application> {
         config.validate().map_err(anyhow::Error::msg)?;
-        let listener = TcpListener::bind(&config.listen)
+        let listener = bind(&config.listen, config.limits.listen_backlog)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
         let admin_listener = TcpListener::bind(&config.admin_listen)
@@ -138,10 +161,22 @@ impl Application {
                     .close_all(ws.close_batch, Duration::from_millis(ws.close_pause_ms))
                     .await;
                 state.sessions.close();
-                state.sessions.wait().await;
+                // A session blocked writing to a client that stopped reading does not see its
+                // close: bounded, so such clients cannot hold up the shutdown.
+                let drain = legato_runtime::http::DRAIN_TIMEOUT;
+                if tokio::time::timeout(drain, state.sessions.wait())
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!(
+                        open = state.hub.total(),
+                        "sessions still open after the drain timeout; leaving them"
+                    );
+                }
             })
         };
-        legato_runtime::http::serve_http1(self.listener, service, shutdown).await;
+        let limits = self.state.config.connection_limits();
+        legato_runtime::http::serve_http1(self.listener, service, limits, shutdown).await;
         closer.await.context("closing sessions")?;
         admin.await.context("admin server task")?;
         legato_runtime::nats::drain(self.state.bus.client()).await;

@@ -26,6 +26,9 @@ pub struct BatchSettings {
     pub fetch_expires_ms: u64,
     /// A message delivered more often than this is terminated (poison) without processing.
     pub max_deliveries: i64,
+    /// How long an undecodable message waits before it is delivered again (it is terminated
+    /// after `max_deliveries`).
+    pub poison_retry_ms: u64,
     /// Upper bound of the back-off between store retries.
     pub max_retry_backoff_ms: u64,
     /// Chaos knob, 0 in production: sleep a random 0..=N ms before each apply, so tests can
@@ -39,6 +42,7 @@ impl Default for BatchSettings {
             max_messages: 128,
             fetch_expires_ms: 1_000,
             max_deliveries: 5,
+            poison_retry_ms: 1_000,
             max_retry_backoff_ms: 5_000,
             apply_jitter_ms: 0,
         }

@@ -9,6 +9,7 @@ pub struct IngestMetrics {
     pub batch_size: Histogram,
     pub apply_seconds: Histogram,
     pub redeliveries: IntCounter,
+    pub undecodable: IntCounter,
     pub terminated: IntCounterVec,
     pub store_errors: IntCounter,
     /// Sampled from the `ingest` consumer by [`crate::lag`]; every worker reports the same
@@ -44,6 +45,10 @@ impl IngestMetrics {
                 "legato_ingest_redeliveries_total",
                 "Messages received more than once",
             )?,
+            undecodable: IntCounter::new(
+                "legato_ingest_undecodable_total",
+                "Deliveries of undecodable messages (handed back; terminated after max deliveries)",
+            )?,
             terminated: IntCounterVec::new(
                 Opts::new(
                     "legato_ingest_terminated_total",
@@ -77,6 +82,7 @@ impl IngestMetrics {
         registry.register(Box::new(m.batch_size.clone()))?;
         registry.register(Box::new(m.apply_seconds.clone()))?;
         registry.register(Box::new(m.redeliveries.clone()))?;
+        registry.register(Box::new(m.undecodable.clone()))?;
         registry.register(Box::new(m.terminated.clone()))?;
         registry.register(Box::new(m.store_errors.clone()))?;
         for g in [

@@ -143,8 +143,16 @@ impl Worker {
         let envelope = match envelope::decode::<IngestEnvelope>(&message.payload) {
             Ok(e) => e,
             Err(e) => {
-                tracing::error!(error = %e, seq, "undecodable envelope");
-                self.terminate(&message, "undecodable").await;
+                // Maybe from a newer edge (another envelope version) that another worker
+                // understands: handed back after a pause, and terminated (dead-lettered,
+                // counted) once it has been delivered `max_deliveries` times, so it never
+                // holds the watermark for longer than that.
+                tracing::error!(error = %e, seq, delivered, "undecodable envelope; handed back");
+                self.metrics.undecodable.inc();
+                let delay = Duration::from_millis(self.config.batch.poison_retry_ms);
+                if let Err(e) = message.ack_with(AckKind::Nak(Some(delay))).await {
+                    tracing::warn!(error = %e, seq, "nak failed; the ack wait redelivers it");
+                }
                 return None;
             }
         };

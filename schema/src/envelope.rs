@@ -118,14 +118,25 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     rmp_serde::to_vec_named(value).expect("envelopes always serialize")
 }
 
+/// Deepest nesting a decoded message may have. The envelopes nest at most four levels; the
+/// decoder's default (1024) overflows a 2 MiB thread stack in debug builds on a crafted
+/// message (unknown fields are skipped recursively), and a message that crashes its consumer
+/// is redelivered to crash the next one.
+const MAX_DEPTH: usize = 32;
+
+fn from_slice<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, EnvelopeError> {
+    let mut decoder = rmp_serde::Deserializer::from_read_ref(bytes);
+    decoder.set_max_depth(MAX_DEPTH);
+    T::deserialize(&mut decoder).map_err(|e| EnvelopeError::Malformed(e.to_string()))
+}
+
 /// Decodes an envelope, refusing versions this build does not know.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, EnvelopeError> {
-    let probe: Probe =
-        rmp_serde::from_slice(bytes).map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
+    let probe: Probe = from_slice(bytes)?;
     if probe.v != ENVELOPE_VERSION {
         return Err(EnvelopeError::Version(probe.v));
     }
-    rmp_serde::from_slice(bytes).map_err(|e| EnvelopeError::Malformed(e.to_string()))
+    from_slice(bytes)
 }
 
 #[cfg(test)]

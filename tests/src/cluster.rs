@@ -347,3 +347,28 @@ impl Cluster {
         crate::metric(&self.http, admin, series).await
     }
 }
+
+impl Cluster {
+    /// A JetStream context on the cluster's broker.
+    pub async fn jetstream(&self) -> async_nats::jetstream::Context {
+        let client = async_nats::connect(self.nats.url()).await.expect("nats");
+        async_nats::jetstream::new(client)
+    }
+
+    /// How many requests `SYNC_IN` has ever taken: its last sequence never goes back, even
+    /// after the work queue deleted the acked messages.
+    pub async fn sync_in_last_sequence(&self) -> u64 {
+        let mut stream = self
+            .jetstream()
+            .await
+            .get_stream(legato_schema::subject::SYNC_IN_STREAM)
+            .await
+            .expect("SYNC_IN");
+        stream
+            .info()
+            .await
+            .expect("stream info")
+            .state
+            .last_sequence
+    }
+}

@@ -109,7 +109,7 @@ impl Default for LoadOptions {
             users: vec!["fault_user_a".into(), "fault_user_b".into()],
             http_writers: 2,
             ws_writers: 1,
-            entries_per_writer: 25,
+            entries_per_writer: 1_000,
             items_per_push: 3,
         }
     }
@@ -301,13 +301,13 @@ impl Writer {
                     continue;
                 }
                 match Self::await_result(s).await {
-                    Some(true) => {
+                    Some(Ok(())) => {
                         self.tally.acked_ws.fetch_add(1, Ordering::SeqCst);
                         break;
                     }
-                    Some(false) => {
+                    Some(Err(error)) => {
                         // Refused (e.g. the bus is down): the client sends it again.
-                        self.tally.count("ws-error");
+                        self.tally.count(format!("ws-error {error}"));
                         tokio::time::sleep(RETRY_PAUSE).await;
                     }
                     None => {
@@ -321,13 +321,15 @@ impl Writer {
         state
     }
 
-    /// The answer to the mutation just sent: `Some(true)` acknowledged, `Some(false)` an
-    /// ERROR, `None` the session ended or went silent.
-    async fn await_result(session: &mut WsClient) -> Option<bool> {
+    /// The answer to the mutation just sent: acknowledged, an ERROR (its text), or `None`
+    /// when the session ended or went silent.
+    async fn await_result(session: &mut WsClient) -> Option<Result<(), String>> {
         loop {
             match session.next_within(Duration::from_secs(15)).await? {
-                Ok(frame) if frame["type"] == "SYNC_RESPONSE" => return Some(true),
-                Ok(frame) if frame["type"] == "ERROR" => return Some(false),
+                Ok(frame) if frame["type"] == "SYNC_RESPONSE" => return Some(Ok(())),
+                Ok(frame) if frame["type"] == "ERROR" => {
+                    return Some(Err(frame["error"].as_str().unwrap_or_default().to_owned()));
+                }
                 Ok(_) => continue,
                 Err(_) => return None,
             }
@@ -400,8 +402,8 @@ impl CursorReader {
     }
 }
 
-/// A device with a WebSocket session that resumes from its last `seq` (on any edge in
-/// [`Targets`]) whenever its session ends.
+/// A device with a WebSocket session (first on the first edge of [`Targets`]) that resumes
+/// from its last `seq` on the next edge whenever its session ends.
 pub struct Device {
     pub view: Arc<Mutex<DeviceView>>,
     /// Sessions opened after the first.
@@ -421,8 +423,9 @@ impl Device {
             tokio::spawn(async move {
                 let mut attempt = 0u64;
                 while !stop.is_cancelled() {
-                    attempt += 1;
+                    // The first session goes to the first edge.
                     let edge = targets.pick(attempt);
+                    attempt += 1;
                     let Ok(mut session) = WsClient::try_connect(edge, &user, Some(&device)).await
                     else {
                         tokio::time::sleep(RETRY_PAUSE).await;

@@ -1,29 +1,12 @@
 //! Cursor pulls: following `syncToken`s while writers race through two ingest workers ends in
 //! exactly the store's final state, tombstones included.
 
-use legato_schema::{ChangeSeq, UserId};
-use legato_store::Store;
+use legato_tests::view::{State, apply_page, stored_state};
 use legato_tests::{Pipeline, PipelineOptions, Rng, wait_for};
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-
-/// What a client knows of each entity: its payload, or `None` once deleted.
-type View = BTreeMap<String, Option<Value>>;
-
-fn apply_page(view: &mut View, page: &Value) {
-    for entry in page["entries"].as_array().expect("entries") {
-        view.insert(
-            entry["id"].as_str().unwrap().to_owned(),
-            Some(entry.clone()),
-        );
-    }
-    for deleted in page["deleted"].as_array().expect("deleted") {
-        view.insert(deleted["id"].as_str().unwrap().to_owned(), None);
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_following_sync_tokens_ends_with_the_stores_final_state() {
@@ -60,7 +43,7 @@ async fn one_round(p: &Arc<Pipeline>, user: &str, seed: u64) {
         let user = user.to_owned();
         let mut token = format!("{deployment}.0");
         tokio::spawn(async move {
-            let mut view = View::new();
+            let mut view = State::new();
             let mut pulls = 0;
             loop {
                 let finished = done.load(Ordering::SeqCst);
@@ -120,18 +103,7 @@ async fn one_round(p: &Arc<Pipeline>, user: &str, seed: u64) {
     writers_done.store(true, Ordering::SeqCst);
     let (view, pulls) = reader.await.unwrap();
 
-    let store = p.open_store();
-    let stored = store
-        .changes_since(&UserId::parse(user).unwrap(), ChangeSeq(0), None, 10_000)
-        .await
-        .unwrap();
-    let expected: View = stored
-        .into_iter()
-        .map(|e| {
-            let payload = (!e.deleted).then(|| serde_json::from_str(&e.payload).unwrap());
-            (e.id, payload)
-        })
-        .collect();
+    let expected = stored_state(&p.open_store(), user).await;
     assert!(
         expected.values().any(Option::is_none),
         "the run should include tombstones"

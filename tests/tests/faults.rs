@@ -41,7 +41,12 @@ fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
 /// stalled pipeline answer 202 soon.
 fn fast_options(edges: usize, ingest: usize, fanout: usize) -> ClusterOptions {
     let mut options = ClusterOptions::new(edges, ingest, fanout);
-    options.edge_env = env(&[("LEGATO_SYNC__COMMIT_WAIT_MS", "1000")]);
+    options.edge_env = env(&[
+        ("LEGATO_SYNC__COMMIT_WAIT_MS", "1000"),
+        // The WebSocket writers send as fast as they are answered.
+        ("LEGATO_WS__RATE_PER_SEC", "1000"),
+        ("LEGATO_WS__RATE_BURST", "1000"),
+    ]);
     options.ingest_env = env(&[
         ("LEGATO_CONSUMER__ACK_WAIT_SECS", "2"),
         ("LEGATO_BATCH__FETCH_EXPIRES_MS", "200"),
@@ -110,15 +115,54 @@ impl Run {
     }
 }
 
+/// Ingest workers that dawdle up to 100 ms before each apply (the `apply_jitter_ms` chaos
+/// knob), so a kill lands while a worker holds fetched, unacked messages.
+fn dawdling_ingest(edges: usize, ingest: usize, fanout: usize) -> ClusterOptions {
+    let mut options = fast_options(edges, ingest, fanout);
+    options
+        .ingest_env
+        .extend(env(&[("LEGATO_BATCH__APPLY_JITTER_MS", "100")]));
+    options
+}
+
+/// SYNC_IN messages delivered to a worker and not acked yet.
+async fn ingest_ack_pending(cluster: &Cluster) -> u64 {
+    let stream = cluster
+        .jetstream()
+        .await
+        .get_stream(legato_schema::subject::SYNC_IN_STREAM)
+        .await
+        .expect("SYNC_IN");
+    let mut consumer: async_nats::jetstream::consumer::PullConsumer = stream
+        .get_consumer(legato_schema::subject::INGEST_CONSUMER)
+        .await
+        .expect("ingest consumer");
+    consumer
+        .info()
+        .await
+        .expect("consumer info")
+        .num_ack_pending as u64
+}
+
+/// Waits until a worker holds a fetched batch, so a kill lands mid-batch.
+async fn wait_mid_batch(cluster: &Cluster) -> u64 {
+    legato_tests::wait_for("a batch in flight", Duration::from_secs(30), || async {
+        let held = ingest_ack_pending(cluster).await;
+        (held > 0).then_some(held)
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_ingest_worker_killed_mid_batch_and_restarted_loses_nothing() {
-    let mut cluster = Cluster::start(fast_options(1, 1, 1)).await;
+    let mut cluster = Cluster::start(dawdling_ingest(1, 1, 1)).await;
     let run = Run::start(&mut cluster, false).await;
     run.load
         .wait_more_acked(phase(), Duration::from_secs(60))
         .await;
-    // Under load a batch is always in flight: kill -9 lands mid-batch.
+    let held = wait_mid_batch(&cluster).await;
     cluster.ingest[0].kill();
+    println!("killed holding {held} unacked messages");
     let before = run.load.tally.acked();
     // Pushes keep being accepted (202) while no worker runs.
     run.load
@@ -131,4 +175,398 @@ async fn an_ingest_worker_killed_mid_batch_and_restarted_loses_nothing() {
     let under_fault = run.load.tally.acked() - before;
     let (tally, entries) = run.finish(&cluster).await;
     workload::report("ingest-kill-restart", &tally, under_fault, entries);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_of_two_ingest_workers_killed_for_good_loses_nothing() {
+    let mut cluster = Cluster::start(dawdling_ingest(1, 2, 1)).await;
+    let run = Run::start(&mut cluster, false).await;
+    run.load
+        .wait_more_acked(phase(), Duration::from_secs(60))
+        .await;
+    wait_mid_batch(&cluster).await;
+    cluster.ingest[0].kill();
+    let before = run.load.tally.acked();
+    // Its unacked messages go to the survivor after the ack wait.
+    run.load
+        .wait_more_acked(phase(), Duration::from_secs(60))
+        .await;
+    let under_fault = run.load.tally.acked() - before;
+    let (tally, entries) = run.finish(&cluster).await;
+    workload::report("ingest-kill-one-of-two", &tally, under_fault, entries);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fanout_worker_killed_leaves_connected_devices_complete() {
+    let mut cluster = Cluster::start(fast_options(1, 1, 2)).await;
+    let run = Run::start(&mut cluster, true).await;
+    run.load
+        .wait_more_acked(phase(), Duration::from_secs(60))
+        .await;
+    cluster.fanout[0].kill();
+    let before = run.load.tally.acked();
+    run.load
+        .wait_more_acked(phase(), Duration::from_secs(60))
+        .await;
+    // And a replacement joins.
+    cluster.spawn(Kind::Fanout).await;
+    run.load
+        .wait_more_acked(phase() / 2, Duration::from_secs(60))
+        .await;
+    let under_fault = run.load.tally.acked() - before;
+    // The devices never reconnect: everything reaches them over the session they hold.
+    let resumes: u64 = run
+        .devices
+        .iter()
+        .map(|(_, d)| d.resumes.load(std::sync::atomic::Ordering::SeqCst))
+        .sum();
+    assert_eq!(resumes, 0, "the edge stayed up: no device had to reconnect");
+    let (tally, entries) = run.finish(&cluster).await;
+    workload::report("fanout-kill", &tally, under_fault, entries);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_edge_killed_with_sessions_is_survived_by_resuming_on_the_other() {
+    let mut cluster = Cluster::start(fast_options(2, 1, 1)).await;
+    let run = Run::start(&mut cluster, true).await;
+    run.load
+        .wait_more_acked(phase(), Duration::from_secs(60))
+        .await;
+    cluster.edges[0].kill();
+    let before = run.load.tally.acked();
+    run.targets.set(cluster.live_edges());
+    run.load
+        .wait_more_acked(phase(), Duration::from_secs(60))
+        .await;
+    // A new edge joins the survivors.
+    cluster.spawn(Kind::Edge).await;
+    cluster.wait_ready().await;
+    run.targets.set(cluster.live_edges());
+    run.load
+        .wait_more_acked(phase() / 2, Duration::from_secs(60))
+        .await;
+    let under_fault = run.load.tally.acked() - before;
+    let resumes: u64 = run
+        .devices
+        .iter()
+        .map(|(_, d)| d.resumes.load(std::sync::atomic::Ordering::SeqCst))
+        .sum();
+    assert!(
+        resumes >= run.devices.len() as u64,
+        "every device held its session on the killed edge and resumed, {resumes} resumes"
+    );
+    let (tally, entries) = run.finish(&cluster).await;
+    println!("devices resumed {resumes} times");
+    workload::report("edge-kill", &tally, under_fault, entries);
+}
+
+/// One push of a fresh write as `user` to `edge`: its status (0 when no answer).
+async fn probe_push(cluster: &Cluster, edge: std::net::SocketAddr, user: &str, n: u64) -> u16 {
+    let body = serde_json::json!({"changes": {"entries": [
+        {"id": format!("probe-{n}"), "updatedAt": 1_750_000_000_000i64 + n as i64}
+    ]}});
+    cluster
+        .http
+        .post(format!("http://{edge}/api/sync/push"))
+        .bearer_auth(legato_tests::Pipeline::token(user))
+        .json(&body)
+        .send()
+        .await
+        .map_or(0, |r| r.status().as_u16())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nats_killed_and_restarted_on_its_store_is_survived_without_restarting_anyone() {
+    let mut cluster = Cluster::start(fast_options(1, 1, 1)).await;
+    let edge = cluster.edges[0].http();
+    let run = Run::start(&mut cluster, true).await;
+    run.load
+        .wait_more_acked(phase(), Duration::from_secs(60))
+        .await;
+    cluster.nats.kill();
+    // While the broker is down, a write is never acknowledged.
+    let mut refused = 0;
+    for n in 0..5 {
+        let status = probe_push(&cluster, edge, "fault_probe", n).await;
+        assert_eq!(status, 503, "a push while NATS is down");
+        refused += 1;
+    }
+    cluster.wait_readyz(cluster.edges[0].admin, 503).await;
+    let before = run.load.tally.acked();
+    cluster.nats.restart();
+    // Nobody is restarted: the processes reconnect by themselves.
+    run.load
+        .wait_more_acked(phase(), Duration::from_secs(60))
+        .await;
+    cluster.wait_ready().await;
+    let under_fault = run.load.tally.acked() - before;
+    let (tally, entries) = run.finish(&cluster).await;
+    assert!(
+        legato_tests::view::stored_state(&cluster.open_store(), "fault_probe")
+            .await
+            .is_empty(),
+        "a push answered 503 left nothing behind"
+    );
+    println!("pushes refused with 503 while NATS was down: {refused}");
+    workload::report("nats-kill-restart", &tally, under_fault, entries);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_locked_store_stalls_ingest_without_acks_and_recovers() {
+    let mut cluster = Cluster::start(fast_options(1, 1, 1)).await;
+    let ingest_admin = cluster.ingest[0].admin;
+    let run = Run::start(&mut cluster, false).await;
+    run.load
+        .wait_more_acked(phase(), Duration::from_secs(60))
+        .await;
+    // Another process takes SQLite's write lock and keeps it.
+    let lock = rusqlite::Connection::open(cluster.db_path()).expect("open the store file");
+    lock.execute_batch("BEGIN EXCLUSIVE")
+        .expect("take the write lock");
+    let committed = cluster
+        .metric(ingest_admin, "legato_ingest_batches_total")
+        .await;
+    cluster.wait_readyz(ingest_admin, 503).await;
+    legato_tests::wait_for("store errors counted", Duration::from_secs(30), || async {
+        (cluster
+            .metric(ingest_admin, "legato_ingest_store_errors_total")
+            .await
+            >= 2.0)
+            .then_some(())
+    })
+    .await;
+    // Nothing is committed or acked while the store refuses writes: messages wait in the
+    // consumer.
+    assert_eq!(
+        cluster
+            .metric(ingest_admin, "legato_ingest_batches_total")
+            .await,
+        committed,
+        "no batch commits while the store is locked"
+    );
+    let pending =
+        legato_tests::wait_for("messages held unacked", Duration::from_secs(30), || async {
+            let held = cluster
+                .metric(ingest_admin, "legato_ingest_consumer_ack_pending_messages")
+                .await
+                + cluster
+                    .metric(ingest_admin, "legato_ingest_consumer_pending_messages")
+                    .await;
+            (held > 0.0).then_some(held)
+        })
+        .await;
+    let before = run.load.tally.acked();
+    lock.execute_batch("COMMIT").expect("release the lock");
+    drop(lock);
+    cluster.wait_readyz(ingest_admin, 200).await;
+    run.load
+        .wait_more_acked(phase(), Duration::from_secs(60))
+        .await;
+    let under_fault = run.load.tally.acked() - before;
+    let (tally, entries) = run.finish(&cluster).await;
+    println!("messages held while locked: {pending}");
+    workload::report("store-locked", &tally, under_fault, entries);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replay_storm_over_two_edges_executes_each_key_once() {
+    use futures::StreamExt;
+    use legato_tests::Rng;
+    use serde_json::{Value, json};
+    use std::collections::BTreeMap;
+
+    let cluster = Cluster::start(fast_options(2, 1, 1)).await;
+    let edges = [cluster.edges[0].http(), cluster.edges[1].http()];
+    let user = "fault_replay";
+    let published_before = cluster.sync_in_last_sequence().await;
+    let requests: u64 = if soak() { 2_000 } else { 200 };
+    let mut rng = Rng(0x5707);
+    // Requests overlap on 40 entries with distinct clocks: the final state is the LWW winner
+    // among all of them, whatever order they arrive in.
+    let mut expected: BTreeMap<String, (i64, Option<Value>)> = BTreeMap::new();
+    let mut sends = Vec::new();
+    for r in 0..requests {
+        let first = rng.next_u64() % 40;
+        let items: Vec<Value> = (0..1 + rng.next_u64() % 3)
+            .map(|i| {
+                let id = format!("e{}", (first + i) % 40);
+                let clock = 1_750_000_000_000 + (r * 4 + i) as i64;
+                let item = if rng.next_u64().is_multiple_of(6) {
+                    json!({"id": id, "deletedAt": clock})
+                } else {
+                    json!({"id": id, "updatedAt": clock, "r": r})
+                };
+                let state = item["deletedAt"].is_null().then(|| item.clone());
+                let slot = expected.entry(id).or_insert((i64::MIN, None));
+                if clock > slot.0 {
+                    *slot = (clock, state);
+                }
+                item
+            })
+            .collect();
+        let body = json!({"changes": {"entries": items}});
+        let key = format!("replay-{r}");
+        for copy in 0..3 {
+            sends.push((key.clone(), body.clone(), edges[(r + copy) as usize % 2]));
+        }
+    }
+    // Shuffled (Fisher–Yates with the seeded PRNG), then sent 16 at a time.
+    for i in (1..sends.len()).rev() {
+        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
+        sends.swap(i, j);
+    }
+    let token = legato_tests::Pipeline::token(user);
+    let answers: Vec<(String, u16, bool, Value)> = futures::stream::iter(sends)
+        .map(|(key, body, edge)| {
+            let (http, token) = (cluster.http.clone(), token.clone());
+            async move {
+                let r = http
+                    .post(format!("http://{edge}/api/sync/push"))
+                    .bearer_auth(token)
+                    .header("X-Idempotency-Key", &key)
+                    .json(&body)
+                    .send()
+                    .await
+                    .expect("answer");
+                let status = r.status().as_u16();
+                let replay = r.headers().contains_key("x-idempotent-replay");
+                (key, status, replay, r.json().await.unwrap_or(Value::Null))
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    let mut by_key: BTreeMap<String, Vec<(u16, bool, Value)>> = BTreeMap::new();
+    for (key, status, replay, body) in answers {
+        assert!(status == 200 || status == 202, "{key}: {status} {body}");
+        by_key.entry(key).or_default().push((status, replay, body));
+    }
+    let mut replays = 0;
+    for (key, answers) in &by_key {
+        replays += answers.iter().filter(|a| a.1).count();
+        let stats: Vec<&Value> = answers.iter().map(|a| &a.2["stats"]).collect();
+        assert!(
+            stats.windows(2).all(|w| w[0] == w[1]),
+            "{key}: the copies were answered differently: {answers:?}"
+        );
+    }
+    // Each key became exactly one bus message, whichever edge and copy got there first.
+    assert_eq!(
+        cluster.sync_in_last_sequence().await - published_before,
+        requests,
+        "SYNC_IN messages for {requests} distinct keys"
+    );
+    let expected: workload::Expected = [(
+        user.to_owned(),
+        expected.into_iter().map(|(id, (_, s))| (id, s)).collect(),
+    )]
+    .into();
+    let entries = workload::assert_store_converges(&cluster.open_store(), &expected).await;
+    println!(
+        "fault-case replay-storm: {} requests sent ({requests} keys × 3 over 2 edges), {replays} answered as replays, {entries} entries exact, lost 0",
+        requests * 3
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn poison_messages_are_terminated_after_max_deliveries_and_the_watermark_moves_on() {
+    use futures::StreamExt;
+    use legato_schema::envelope::{self, IngestEnvelope};
+
+    let mut options = fast_options(1, 1, 1);
+    options.ingest_env.extend(env(&[
+        ("LEGATO_BATCH__MAX_DELIVERIES", "3"),
+        ("LEGATO_BATCH__POISON_RETRY_MS", "200"),
+    ]));
+    let mut cluster = Cluster::start(options).await;
+    let ingest_admin = cluster.ingest[0].admin;
+    let run = Run::start(&mut cluster, false).await;
+    run.load
+        .wait_more_acked(phase() / 2, Duration::from_secs(60))
+        .await;
+
+    let client = async_nats::connect(cluster.nats.url()).await.expect("nats");
+    let mut dead = client
+        .subscribe(legato_schema::subject::DEAD_LETTER_SUBJECT)
+        .await
+        .expect("subscribe");
+    client.flush().await.expect("flush");
+    let js = async_nats::jetstream::new(client);
+    let user = legato_schema::UserId::parse("fault_user_a").unwrap();
+    // Garbage, and an envelope of a version no worker knows (a newer edge's).
+    let mut newer = envelope::encode(&IngestEnvelope {
+        v: envelope::ENVELOPE_VERSION,
+        request_id: "poison".into(),
+        user: user.clone(),
+        device_id: None,
+        session_id: None,
+        kind: legato_schema::envelope::RequestKind::Push,
+        received_at: legato_schema::Clock(0),
+        items: Vec::new(),
+        idempotency: None,
+    });
+    // The version is the envelope's first field: bump it in place.
+    let v = newer
+        .iter()
+        .position(|b| *b == envelope::ENVELOPE_VERSION as u8)
+        .expect("version byte");
+    newer[v] = 99;
+    assert!(envelope::decode::<IngestEnvelope>(&newer).is_err());
+    let mut poison_seqs = Vec::new();
+    for payload in [b"\xc1 not msgpack".to_vec(), newer] {
+        let ack = js
+            .publish(legato_schema::subject::ingest(&user), payload.into())
+            .await
+            .expect("publish")
+            .await
+            .expect("stored");
+        poison_seqs.push(ack.sequence);
+    }
+    // Each is handed back (max_deliveries) times, then terminated and dead-lettered.
+    for _ in &poison_seqs {
+        let letter = tokio::time::timeout(Duration::from_secs(30), dead.next())
+            .await
+            .expect("a dead letter within 30 s")
+            .expect("subscription open");
+        let headers = letter.headers.expect("dead-letter headers");
+        assert_eq!(
+            headers.get("Legato-Reason").map(|v| v.as_str()),
+            Some("max_deliveries")
+        );
+    }
+    assert_eq!(
+        cluster
+            .metric(
+                ingest_admin,
+                "legato_ingest_terminated_total{reason=\"max_deliveries\"}"
+            )
+            .await,
+        2.0
+    );
+    assert!(
+        cluster
+            .metric(ingest_admin, "legato_ingest_undecodable_total")
+            .await
+            >= 6.0,
+        "each poison message was delivered and handed back 3 times"
+    );
+    // The commit watermark passes them while the writers go on.
+    let last_poison = *poison_seqs.iter().max().unwrap() as f64;
+    legato_tests::wait_for(
+        "the watermark past the poison",
+        Duration::from_secs(30),
+        || async {
+            (cluster
+                .metric(ingest_admin, "legato_ingest_watermark_sequence")
+                .await
+                > last_poison)
+                .then_some(())
+        },
+    )
+    .await;
+    run.load
+        .wait_more_acked(phase() / 2, Duration::from_secs(60))
+        .await;
+    let (tally, entries) = run.finish(&cluster).await;
+    workload::report("poison", &tally, 0, entries);
 }

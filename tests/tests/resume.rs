@@ -2,73 +2,16 @@
 //! `seq` it saw ends with the store's final state: live messages carry safe cursors (at most
 //! the commit watermark), so resuming never skips a change committed out of order.
 
-use legato_schema::{ChangeSeq, UserId};
-use legato_store::Store;
+use legato_tests::view::{DeviceView, stored_state};
 use legato_tests::ws_client::WsClient;
 use legato_tests::{Pipeline, PipelineOptions, Rng, wait_for};
-use serde_json::{Value, json};
-use std::collections::BTreeMap;
+use serde_json::json;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-/// A client's view: per entry, `(clock, Some(payload))` or `(clock, None)` when deleted.
-/// Applied by LWW on the clock, as a client would, since live frames may arrive reordered.
-#[derive(Default)]
-struct View {
-    entries: BTreeMap<String, (i64, Option<Value>)>,
-    last_seq: u64,
-}
-
-fn clock(v: &Value) -> i64 {
-    v.as_i64().expect("the test writes epoch-ms clocks")
-}
-
-impl View {
-    fn put(&mut self, id: &str, at: i64, state: Option<Value>) {
-        let slot = self
-            .entries
-            .entry(id.to_owned())
-            .or_insert((i64::MIN, None));
-        if at >= slot.0 {
-            *slot = (at, state);
-        }
-    }
-
-    fn apply(&mut self, frame: &Value) {
-        match frame["type"].as_str().unwrap() {
-            "ENTRY_CREATED" | "ENTRY_UPDATED" => {
-                let entry = &frame["entry"];
-                self.put(
-                    entry["id"].as_str().unwrap(),
-                    clock(&entry["updatedAt"]),
-                    Some(entry.clone()),
-                );
-            }
-            "ENTRY_DELETED" => self.put(
-                frame["entryId"].as_str().unwrap(),
-                clock(&frame["deletedAt"]),
-                None,
-            ),
-            "BULK_SYNC" => {
-                for entry in frame["entries"].as_array().unwrap() {
-                    self.put(
-                        entry["id"].as_str().unwrap(),
-                        clock(&entry["updatedAt"]),
-                        Some(entry.clone()),
-                    );
-                }
-            }
-            _ => {}
-        }
-        if let Some(seq) = frame["seq"].as_u64().or(frame["lastSeq"].as_u64()) {
-            self.last_seq = self.last_seq.max(seq);
-        }
-    }
-}
-
 /// Connects and asks for everything after the view's cursor; returns the session.
-async fn resume(p: &Pipeline, user: &str, view: &mut View) -> WsClient {
+async fn resume(p: &Pipeline, user: &str, view: &mut DeviceView) -> WsClient {
     let mut client = WsClient::connect(p.edge_addr, user, Some("reader")).await;
     client
         .send(&json!({"type":"SYNC_REQUEST","lastSeq": view.last_seq}))
@@ -105,7 +48,7 @@ async fn one_round(p: &Arc<Pipeline>, user: &'static str, seed: u64) {
         let (p, done) = (p.clone(), done.clone());
         tokio::spawn(async move {
             let mut rng = Rng(0xfeed + seed * 31);
-            let mut view = View::default();
+            let mut view = DeviceView::default();
             let mut reconnects = 0;
             let mut client = resume(&p, user, &mut view).await;
             loop {
@@ -180,25 +123,8 @@ async fn one_round(p: &Arc<Pipeline>, user: &'static str, seed: u64) {
             break;
         }
     }
-    let stored = p
-        .open_store()
-        .changes_since(&UserId::parse(user).unwrap(), ChangeSeq(0), None, 10_000)
-        .await
-        .unwrap();
-    let expected: BTreeMap<String, Option<Value>> = stored
-        .into_iter()
-        .map(|e| {
-            (
-                e.id,
-                (!e.deleted).then(|| serde_json::from_str(&e.payload).unwrap()),
-            )
-        })
-        .collect();
-    let seen: BTreeMap<String, Option<Value>> = view
-        .entries
-        .into_iter()
-        .map(|(id, (_, s))| (id, s))
-        .collect();
+    let expected = stored_state(&p.open_store(), user).await;
+    let seen = view.state();
     assert!(
         reconnects >= 5,
         "the reader should have reconnected often, did {reconnects}"
@@ -274,7 +200,7 @@ async fn a_change_committed_out_of_order_while_offline_comes_back_on_resume() {
         .send(&json!({"type":"SYNC_REQUEST","lastSeq": resume_from}))
         .await;
     let (done, frames) = reader.until(|f| f["type"] == "SYNC_RESPONSE").await;
-    let mut view = View::default();
+    let mut view = DeviceView::default();
     for f in &frames {
         view.apply(f);
     }

@@ -223,9 +223,17 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 }
 
 fn authenticate(state: &State, headers: &HeaderMap) -> Result<UserId, ApiError> {
+    // An `Authorization` header that is there but unreadable (not text) or given twice is
+    // refused, never a reason to fall back to the cookie.
+    let mut authorization = headers.get_all("authorization").iter();
+    let bearer = match (authorization.next(), authorization.next()) {
+        (None, _) => None,
+        (Some(value), None) => Some(value.to_str().map_err(|_| ApiError::Unauthorized)?),
+        (Some(_), Some(_)) => return Err(ApiError::Unauthorized),
+    };
     state
         .auth
-        .authenticate(header(headers, "authorization"), header(headers, "cookie"))
+        .authenticate(bearer, header(headers, "cookie"))
         .map_err(|e: AuthError| {
             tracing::debug!(error = %e, "authentication failed");
             ApiError::Unauthorized

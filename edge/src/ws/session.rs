@@ -20,6 +20,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
@@ -87,6 +88,9 @@ pub enum End {
     Idle,
     TooBig,
     Shutdown,
+    /// The client broke RFC 6455 (closed with 1002) or sent a text frame that is not UTF-8
+    /// (closed with 1007).
+    Protocol(CloseCode),
     TransportError,
 }
 
@@ -97,6 +101,7 @@ impl End {
             End::Idle => "idle",
             End::TooBig => "too_big",
             End::Shutdown => "shutdown",
+            End::Protocol(_) => "protocol",
             End::TransportError => "error",
         }
     }
@@ -264,6 +269,13 @@ where
                 match frame {
                     None | Some(Ok(Message::Close(_))) => break End::ClientClosed,
                     Some(Err(WsError::Capacity(_))) => break End::TooBig,
+                    Some(Err(WsError::Utf8(_))) => break End::Protocol(CloseCode::Invalid),
+                    Some(Err(WsError::Protocol(e)))
+                        if e != ProtocolError::ResetWithoutClosingHandshake =>
+                    {
+                        tracing::debug!(error = %e, "client broke the protocol");
+                        break End::Protocol(CloseCode::Protocol);
+                    }
                     Some(Err(e)) => {
                         tracing::debug!(error = %e, "session transport error");
                         break End::TransportError;
@@ -322,7 +334,13 @@ where
         End::Shutdown => close(&mut ws, CloseCode::Restart, "server restarting").await,
         End::Idle => close(&mut ws, CloseCode::Away, "idle timeout").await,
         End::TooBig => close(&mut ws, CloseCode::Size, "message too big").await,
-        End::ClientClosed | End::TransportError => {}
+        End::Protocol(code) => close(&mut ws, code, "protocol error").await,
+        // tungstenite has queued the echo of the client's close frame: send it, so the
+        // client sees a clean close instead of a reset.
+        End::ClientClosed => {
+            let _ = tokio::time::timeout(Duration::from_secs(2), ws.flush()).await;
+        }
+        End::TransportError => {}
     }
     end
 }
@@ -525,6 +543,42 @@ mod tests {
             serde_json::json!({"close": 1012})
         );
         assert_eq!(task.await.unwrap(), End::Shutdown);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_close_is_echoed_and_protocol_violations_close_with_their_code() {
+        use tokio::io::AsyncWriteExt;
+        let (mut client, _link, _tx, task) = start(limits()).await;
+        next_text(&mut client).await;
+        client.close(None).await.unwrap();
+        // The client gets the echo of its close frame: a clean close, not a reset.
+        let echo = client.next().await;
+        assert!(matches!(echo, Some(Ok(Message::Close(_)))), "{echo:?}");
+        assert_eq!(task.await.unwrap(), End::ClientClosed);
+
+        // Raw frames, masked with a zero key: reserved bits set, then a text frame that is not
+        // UTF-8.
+        for (frame, code, end) in [
+            (
+                &[0xf1, 0x82, 0, 0, 0, 0, b'{', b'}'],
+                1002,
+                CloseCode::Protocol,
+            ),
+            (
+                &[0x81, 0x82, 0, 0, 0, 0, 0xff, 0xfe],
+                1007,
+                CloseCode::Invalid,
+            ),
+        ] {
+            let (mut client, _link, _tx, task) = start(limits()).await;
+            next_text(&mut client).await;
+            client.get_mut().write_all(frame).await.unwrap();
+            assert_eq!(
+                next_text(&mut client).await,
+                serde_json::json!({ "close": code })
+            );
+            assert_eq!(task.await.unwrap(), End::Protocol(end));
+        }
     }
 
     #[tokio::test(start_paused = true)]
