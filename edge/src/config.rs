@@ -32,6 +32,9 @@ pub struct WsConfig {
     pub max_frame_bytes: usize,
     /// A session with no frame from the client for this long is closed with 1001.
     pub idle_timeout_secs: u64,
+    /// A session whose client takes no bytes of a write for this long is dropped (it
+    /// stopped reading; it resumes from its last `seq` when it reconnects).
+    pub write_timeout_secs: u64,
     /// tokio-tungstenite's read buffer per session; the main term of idle memory.
     pub read_buffer_bytes: usize,
     /// Live messages queued per session before it is switched to catch-up.
@@ -55,6 +58,7 @@ impl Default for WsConfig {
             max_sessions_per_user: 32,
             max_frame_bytes: 1024 * 1024,
             idle_timeout_secs: 90,
+            write_timeout_secs: 30,
             read_buffer_bytes: 4096,
             outbound_queue: 256,
             rate_per_sec: 20,
@@ -208,6 +212,9 @@ impl EdgeConfig {
             return Err(
                 "limits.max_connections and limits.header_read_timeout_ms must be positive".into(),
             );
+        }
+        if self.ws.idle_timeout_secs == 0 || self.ws.write_timeout_secs == 0 {
+            return Err("ws.idle_timeout_secs and ws.write_timeout_secs must be positive".into());
         }
         if self.limits.request_timeout_ms <= self.sync.publish_timeout_ms + self.sync.commit_wait_ms
         {

@@ -15,6 +15,9 @@ use std::sync::Arc;
 
 /// Changes read from the store per catch-up page.
 const PAGE: usize = 1000;
+/// A catch-up page also ends once its payloads pass this many bytes, so a session stuck on
+/// a slow client holds at most about this much (plus one item) of rendered frames.
+const PAGE_BYTES: usize = 1 << 20;
 
 pub struct EdgeDispatch {
     pub state: Arc<State>,
@@ -120,18 +123,27 @@ impl Dispatch for EdgeDispatch {
             }
         };
         let w = cursor.watermark;
-        let rows = self
+        let mut rows = self
             .state
             .store
             .changes_since(&self.user, ChangeSeq(cursor.position), None, PAGE)
             .await
             .map_err(|e| e.to_string())?;
+        let mut more = rows.len() == PAGE;
+        let mut bytes = 0;
+        if let Some(cut) = rows.iter().position(|row| {
+            bytes += row.payload.len();
+            bytes > PAGE_BYTES
+        }) {
+            // Keep at least one row, so every page makes progress.
+            rows.truncate(cut.max(1));
+            more = true;
+        }
         // Frames go out in sequence order, each carrying the highest sequence it covers (capped
         // at the watermark): a client that stops reading after any frame and resumes from
         // the last `seq`/`lastSeq` it saw misses nothing. Consecutive live entries (or pieces)
         // share a bulk frame of at most 250.
         let last_position = rows.last().map(|r| r.seq.0);
-        let more = rows.len() == PAGE;
         let mut out = Frames {
             frames: Vec::new(),
             run: None,

@@ -182,6 +182,7 @@ pub async fn upgrade(state: Arc<State>, mut req: Request<Incoming>) -> Response 
                 });
                 let limits = session::Limits {
                     idle_timeout: Duration::from_secs(ws_config.idle_timeout_secs),
+                    write_timeout: Duration::from_secs(ws_config.write_timeout_secs),
                     rate_per_sec: ws_config.rate_per_sec,
                     rate_burst: ws_config.rate_burst,
                     max_inflight_mutations: ws_config.max_inflight_mutations,

@@ -76,6 +76,9 @@ pub enum Event<'a> {
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub idle_timeout: Duration,
+    /// A write the client does not take within this long ends the session (`stalled`): a
+    /// client that stopped reading must not keep a session, its timers or a shutdown waiting.
+    pub write_timeout: Duration,
     pub rate_per_sec: u32,
     pub rate_burst: u32,
     pub max_inflight_mutations: usize,
@@ -91,6 +94,8 @@ pub enum End {
     /// The client broke RFC 6455 (closed with 1002) or sent a text frame that is not UTF-8
     /// (closed with 1007).
     Protocol(CloseCode),
+    /// A write waited longer than [`Limits::write_timeout`].
+    Stalled,
     TransportError,
 }
 
@@ -102,6 +107,7 @@ impl End {
             End::TooBig => "too_big",
             End::Shutdown => "shutdown",
             End::Protocol(_) => "protocol",
+            End::Stalled => "stalled",
             End::TransportError => "error",
         }
     }
@@ -156,6 +162,28 @@ struct Session<'a, S, D> {
     ws: &'a mut WebSocketStream<S>,
     dispatch: &'a Arc<D>,
     link: &'a SessionLink,
+    write_timeout: Duration,
+}
+
+/// The error a write that waited too long (or was overtaken by shutdown) ends with.
+fn stalled() -> WsError {
+    WsError::Io(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "client stopped reading",
+    ))
+}
+
+/// Runs one write, giving up after `limit` or when the session is closed by shutdown.
+async fn bounded(
+    link: &SessionLink,
+    limit: Duration,
+    write: impl Future<Output = Result<(), WsError>>,
+) -> Result<(), WsError> {
+    tokio::select! {
+        result = write => result,
+        _ = link.close.cancelled() => Err(stalled()),
+        _ = tokio::time::sleep(limit) => Err(stalled()),
+    }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin, D: Dispatch> Session<'_, S, D> {
@@ -169,7 +197,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin, D: Dispatch> Session<'_, S, D> {
 
     async fn send(&mut self, text: String) -> Result<(), WsError> {
         self.dispatch.observe(Event::FramesOut(1));
-        self.ws.send(Message::text(text)).await
+        bounded(
+            self.link,
+            self.write_timeout,
+            self.ws.send(Message::text(text)),
+        )
+        .await
+    }
+
+    /// Queues a frame (writing out what no longer fits) without flushing.
+    async fn feed(&mut self, text: String) -> Result<(), WsError> {
+        bounded(
+            self.link,
+            self.write_timeout,
+            self.ws.feed(Message::text(text)),
+        )
+        .await
+    }
+
+    async fn flush(&mut self) -> Result<(), WsError> {
+        bounded(self.link, self.write_timeout, self.ws.flush()).await
     }
 
     /// Sends every change after `since`, then `SYNC_RESPONSE` with the resume cursor.
@@ -187,7 +234,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin, D: Dispatch> Session<'_, S, D> {
             sent += page.frames.len();
             self.dispatch.observe(Event::FramesOut(page.frames.len()));
             for frame in page.frames {
-                self.ws.feed(Message::text(frame)).await?;
+                self.feed(frame).await?;
             }
             self.saw(page.max_seq);
             match page.next {
@@ -225,6 +272,7 @@ where
         ws: &mut ws,
         dispatch: &dispatch,
         link: &link,
+        write_timeout: limits.write_timeout,
     };
     if session.send(ws::welcome()).await.is_err() {
         return End::TransportError;
@@ -250,14 +298,14 @@ where
                     let mut result = Ok(());
                     for frame in &delivery.frames {
                         session.saw(frame.seq);
-                        result = session.ws.feed(Message::text(frame.text.clone())).await;
+                        result = session.feed(frame.text.clone()).await;
                         if result.is_err() {
                             break;
                         }
                     }
                     dispatch.observe(Event::FramesOut(delivery.frames.len()));
                     match result {
-                        Ok(()) => session.ws.flush().await,
+                        Ok(()) => session.flush().await,
                         e => e,
                     }
                 }
@@ -280,7 +328,7 @@ where
                         tracing::debug!(error = %e, "session transport error");
                         break End::TransportError;
                     }
-                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => session.ws.flush().await,
+                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => session.flush().await,
                     Some(Ok(Message::Binary(_))) => {
                         dispatch.observe(Event::MessageIn("binary"));
                         session.send(ws::error("Invalid JSON format")).await
@@ -326,8 +374,14 @@ where
                 }
             }
         };
-        if result.is_err() {
-            break End::TransportError;
+        if let Err(e) = result {
+            break if link.close.is_cancelled() {
+                End::Shutdown
+            } else if matches!(&e, WsError::Io(io) if io.kind() == std::io::ErrorKind::TimedOut) {
+                End::Stalled
+            } else {
+                End::TransportError
+            };
         }
     };
     match end {
@@ -340,7 +394,7 @@ where
         End::ClientClosed => {
             let _ = tokio::time::timeout(Duration::from_secs(2), ws.flush()).await;
         }
-        End::TransportError => {}
+        End::Stalled | End::TransportError => {}
     }
     end
 }
@@ -414,6 +468,7 @@ mod tests {
     fn limits() -> Limits {
         Limits {
             idle_timeout: Duration::from_secs(90),
+            write_timeout: Duration::from_secs(30),
             rate_per_sec: 1,
             rate_burst: 3,
             max_inflight_mutations: 2,
@@ -606,5 +661,38 @@ mod tests {
             done["lastSeq"], 7,
             "catch-up from the last delivered seq (5); the stub ends 2 later"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_stops_reading_is_dropped_after_the_write_timeout_and_not_before() {
+        use legato_schema::envelope::{DeliveredFrame, Delivery};
+        let (mut client, _link, tx, task) = start(limits()).await;
+        next_text(&mut client).await;
+        // Frames far beyond what the 64 KiB pipe holds; the client reads none of them.
+        let text = format!(r#"{{"type":"ENTRY_UPDATED","pad":"{}"}}"#, "x".repeat(8192));
+        let delivery = Arc::new(Delivery {
+            v: 1,
+            frames: (1..=32)
+                .map(|seq| DeliveredFrame {
+                    seq,
+                    text: text.clone(),
+                })
+                .collect(),
+        });
+        tx.send(Outbound::Delivery(delivery)).await.unwrap();
+        let started = tokio::time::Instant::now();
+        // Time is paused: it advances only when every task waits, so the write stalls for
+        // exactly the timeout; the idle timeout (90 s) is far away.
+        let end = tokio::time::timeout(Duration::from_secs(120), task)
+            .await
+            .expect("a stalled session must end; it would hang on its write forever")
+            .unwrap();
+        assert_eq!(end, End::Stalled);
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_secs(30) && waited < Duration::from_secs(31),
+            "dropped after {waited:?}"
+        );
+        drop(client);
     }
 }
