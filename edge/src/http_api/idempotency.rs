@@ -41,15 +41,11 @@ pub(super) fn key_from_headers(headers: &HeaderMap) -> Result<Option<String>, Ap
 
 /// A JSON answer with its body as stored.
 pub(super) fn body_response(status: StatusCode, body: String, replay: bool) -> Response {
-    let mut response = Response::new(body.into());
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.insert(
-        warp::http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    let mut response = super::text_response(status, "application/json", body);
     if replay {
-        headers.insert("x-idempotent-replay", HeaderValue::from_static("true"));
+        response
+            .headers_mut()
+            .insert("x-idempotent-replay", HeaderValue::from_static("true"));
     }
     response
 }

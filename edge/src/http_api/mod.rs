@@ -208,12 +208,21 @@ async fn handle_rejection(state: Arc<State>, rejection: Rejection) -> Result<Res
 }
 
 fn health_reply(answer: HealthResponse) -> Response {
-    let mut response = Response::new(answer.body.into());
-    *response.status_mut() =
-        StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    text_response(status, answer.content_type, answer.body)
+}
+
+/// A response with `body` as `content_type`.
+pub(super) fn text_response(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<warp::hyper::body::Bytes>,
+) -> Response {
+    let mut response = Response::new(body.into().into());
+    *response.status_mut() = status;
     response.headers_mut().insert(
         warp::http::header::CONTENT_TYPE,
-        warp::http::HeaderValue::from_static(answer.content_type),
+        warp::http::HeaderValue::from_static(content_type),
     );
     response
 }
