@@ -540,8 +540,8 @@ pub async fn assert_device_converges(
     }
 }
 
-/// One line per fault case with its figures, printed (`--nocapture` shows it) and appended
-/// to `$LEGATO_FAULT_REPORT` when set.
+/// One line per fault case with its figures (called once its checks passed), printed
+/// (`--nocapture` shows it) and appended to `$LEGATO_FAULT_REPORT` when set.
 pub fn report(case: &str, tally: &Tally, under_fault: u64, entries: usize) {
     let line = format!(
         "fault-case {case}: acked {} ({} http, {} ws), acked under fault {under_fault}, \
@@ -552,6 +552,11 @@ pub fn report(case: &str, tally: &Tally, under_fault: u64, entries: usize) {
         tally.failures(),
         tally.outcomes.lock().unwrap()
     );
+    record(&line);
+}
+
+/// Prints a report line and appends it to `$LEGATO_FAULT_REPORT` when set.
+pub fn record(line: &str) {
     println!("{line}");
     if let Some(path) = std::env::var_os("LEGATO_FAULT_REPORT") {
         use std::io::Write;

@@ -462,10 +462,10 @@ async fn a_replay_storm_over_two_edges_executes_each_key_once() {
     )]
     .into();
     let entries = workload::assert_store_converges(&cluster.open_store(), &expected).await;
-    println!(
+    workload::record(&format!(
         "fault-case replay-storm: {} requests sent ({requests} keys × 3 over 2 edges), {replays} answered as replays, {entries} entries exact, lost 0",
         requests * 3
-    );
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -512,6 +512,7 @@ async fn poison_messages_are_terminated_after_max_deliveries_and_the_watermark_m
         .expect("version byte");
     newer[v] = 99;
     assert!(envelope::decode::<IngestEnvelope>(&newer).is_err());
+    let before = run.load.tally.acked();
     let mut poison_seqs = Vec::new();
     for payload in [b"\xc1 not msgpack".to_vec(), newer] {
         let ack = js
@@ -564,9 +565,10 @@ async fn poison_messages_are_terminated_after_max_deliveries_and_the_watermark_m
         },
     )
     .await;
+    let under_fault = run.load.tally.acked() - before;
     run.load
         .wait_more_acked(phase() / 2, Duration::from_secs(60))
         .await;
     let (tally, entries) = run.finish(&cluster).await;
-    workload::report("poison", &tally, 0, entries);
+    workload::report("poison", &tally, under_fault, entries);
 }
