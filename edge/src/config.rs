@@ -35,7 +35,9 @@ pub struct WsConfig {
     /// A session whose client takes no bytes of a write for this long is dropped (it
     /// stopped reading; it resumes from its last `seq` when it reconnects).
     pub write_timeout_secs: u64,
-    /// tokio-tungstenite's read buffer per session; the main term of idle memory.
+    /// tokio-tungstenite's read buffer per session; the main term of idle memory (tungstenite
+    /// zero-fills all of it on the first read, so every byte is resident). It bounds one read,
+    /// not a frame: a larger frame is reserved whole and read in pieces of this size.
     pub read_buffer_bytes: usize,
     /// Live messages queued per session before it is switched to catch-up.
     pub outbound_queue: usize,
@@ -59,7 +61,7 @@ impl Default for WsConfig {
             max_frame_bytes: 1024 * 1024,
             idle_timeout_secs: 90,
             write_timeout_secs: 30,
-            read_buffer_bytes: 4096,
+            read_buffer_bytes: 512,
             outbound_queue: 256,
             rate_per_sec: 20,
             rate_burst: 60,

@@ -2,7 +2,7 @@
 //!
 //! The upgrade is answered here, not by warp: warp's `ws()` keeps a 128 KiB read buffer per
 //! connection, while tokio-tungstenite over the raw upgraded connection runs with a small,
-//! configurable one (4 KiB by default). [`EdgeService`] routes `/sync/ws` to [`upgrade`] and
+//! configurable one (512 B by default). [`EdgeService`] routes `/sync/ws` to [`upgrade`] and
 //! every other request to the warp routes.
 
 pub mod dispatch;
