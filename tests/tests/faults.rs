@@ -301,13 +301,23 @@ async fn nats_killed_and_restarted_on_its_store_is_survived_without_restarting_a
     cluster.wait_ready().await;
     let under_fault = run.load.tally.acked() - before;
     let (tally, entries) = run.finish(&cluster).await;
-    assert!(
-        legato_tests::view::stored_state(&cluster.open_store(), "fault_probe")
-            .await
-            .is_empty(),
-        "a push answered 503 left nothing behind"
-    );
-    println!("pushes refused with 503 while NATS was down: {refused}");
+    // A 503 is "not acknowledged", not "not applied": a push published just before the edge
+    // saw the broker go may still be stored from the broker's file store once it is back
+    // (at least once; the client's retry of the same write is then a duplicate). Whatever
+    // arrived is exactly what was sent.
+    let ghosts = legato_tests::view::stored_state(&cluster.open_store(), "fault_probe").await;
+    for (id, state) in &ghosts {
+        let n: i64 = id.trim_start_matches("probe-").parse().expect("a probe id");
+        assert_eq!(
+            state,
+            &Some(serde_json::json!({"id": id, "updatedAt": 1_750_000_000_000i64 + n})),
+            "a refused probe was stored altered"
+        );
+    }
+    workload::record(&format!(
+        "nats down: {refused} fresh pushes refused with 503, {} of them applied after the broker returned",
+        ghosts.len()
+    ));
     workload::report("nats-kill-restart", &tally, under_fault, entries);
 }
 
