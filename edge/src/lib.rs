@@ -161,18 +161,9 @@ impl Application {
                     .close_all(ws.close_batch, Duration::from_millis(ws.close_pause_ms))
                     .await;
                 state.sessions.close();
-                // A session blocked writing to a client that stopped reading does not see its
-                // close: bounded, so such clients cannot hold up the shutdown.
-                let drain = legato_runtime::http::DRAIN_TIMEOUT;
-                if tokio::time::timeout(drain, state.sessions.wait())
-                    .await
-                    .is_err()
-                {
-                    tracing::warn!(
-                        open = state.hub.total(),
-                        "sessions still open after the drain timeout; leaving them"
-                    );
-                }
+                // Every session ends promptly once closed, even one blocked writing to a client
+                // that stopped reading: its writes race the close (ws::session).
+                state.sessions.wait().await;
             })
         };
         let limits = self.state.config.connection_limits();

@@ -185,15 +185,6 @@ impl Hub {
             .map_or(0, |e| e.sessions.len())
     }
 
-    pub fn total(&self) -> usize {
-        self.users
-            .lock()
-            .expect("hub lock")
-            .values()
-            .map(|e| e.sessions.len())
-            .sum()
-    }
-
     async fn subscribe(&self, user: &UserId) -> Result<tokio::task::AbortHandle, SubscribeFailed> {
         if !legato_runtime::nats::is_connected(&self.client) {
             return Err(SubscribeFailed);
