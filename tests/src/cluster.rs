@@ -169,6 +169,14 @@ impl Drop for Proc {
     }
 }
 
+/// `(name, value)` pairs as the owned settings [`ClusterOptions`] takes.
+pub fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct ClusterOptions {
     pub edges: usize,

@@ -35,6 +35,11 @@ impl Rng {
     }
 }
 
+/// `LEGATO_SOAK=1`: the heavy variants of the fault and attack suites.
+pub fn soak() -> bool {
+    std::env::var("LEGATO_SOAK").is_ok_and(|v| v == "1")
+}
+
 /// Logs go through libtest's capture, so they show only for failing tests.
 pub fn init_test_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

@@ -154,11 +154,12 @@ impl Load {
         }
     }
 
-    /// Waits until `n` more writes than now are acknowledged (at most `timeout`).
-    pub async fn wait_more_acked(&self, n: u64, timeout: Duration) {
+    /// Waits until `n` more writes than now are acknowledged (at most [`WRITE_DEADLINE`]:
+    /// the writers retry each write that long).
+    pub async fn wait_more_acked(&self, n: u64) {
         let target = self.tally.acked() + n;
         let tally = self.tally.clone();
-        crate::wait_for(&format!("{target} acked writes"), timeout, || {
+        crate::wait_for(&format!("{target} acked writes"), WRITE_DEADLINE, || {
             let tally = tally.clone();
             async move { (tally.acked() >= target).then_some(()) }
         })

@@ -33,15 +33,7 @@ impl WsClient {
         user: &str,
         device: Option<&str>,
     ) -> Result<WsClient, String> {
-        let token = crate::Pipeline::token(user);
-        let mut url = format!(
-            "ws://{edge}/sync/ws?userId={}&token={token}",
-            urlencode(user)
-        );
-        if let Some(d) = device {
-            url.push_str(&format!("&deviceId={}", urlencode(d)));
-        }
-        let connect = tokio_tungstenite::connect_async(url);
+        let connect = tokio_tungstenite::connect_async(url(edge, user, device));
         let (ws, _) = tokio::time::timeout(Duration::from_secs(10), connect)
             .await
             .map_err(|_| "connect timed out".to_string())?
@@ -74,22 +66,7 @@ impl WsClient {
 
     /// The next JSON frame within `timeout`; `None` when nothing came.
     pub async fn next_within(&mut self, timeout: Duration) -> Option<Result<Value, Closed>> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let frame = tokio::time::timeout_at(deadline, self.ws.next())
-                .await
-                .ok()?;
-            return Some(match frame {
-                Some(Ok(Message::Text(t))) => {
-                    Ok(serde_json::from_str(t.as_str()).expect("JSON frame"))
-                }
-                Some(Ok(Message::Close(c))) => {
-                    Err(Closed::Code(c.map_or(1005, |c| u16::from(c.code))))
-                }
-                Some(Ok(_)) => continue,
-                Some(Err(_)) | None => Err(Closed::Gone),
-            });
-        }
+        next_frame(&mut self.ws, timeout).await
     }
 
     /// Reads frames until one satisfies `pred`; returns it and everything read before it.
@@ -102,6 +79,49 @@ impl WsClient {
             }
             before.push(frame);
         }
+    }
+}
+
+/// The next JSON text frame of any WebSocket stream within `timeout` (other frames are
+/// skipped), or why there is none; `None` when nothing came.
+pub async fn next_frame<S>(ws: &mut S, timeout: Duration) -> Option<Result<Value, Closed>>
+where
+    S: futures::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let frame = tokio::time::timeout_at(deadline, ws.next()).await.ok()?;
+        return Some(match frame {
+            Some(Ok(Message::Text(t))) => Ok(serde_json::from_str(t.as_str()).expect("JSON frame")),
+            Some(Ok(Message::Close(c))) => Err(Closed::Code(c.map_or(1005, |c| u16::from(c.code)))),
+            Some(Ok(_)) => continue,
+            Some(Err(_)) | None => Err(Closed::Gone),
+        });
+    }
+}
+
+/// The session URL of `user` (with a valid token) on `edge`.
+pub fn url(edge: SocketAddr, user: &str, device: Option<&str>) -> String {
+    let mut url = format!(
+        "ws://{edge}/sync/ws?userId={}&token={}",
+        urlencode(user),
+        crate::Pipeline::token(user)
+    );
+    if let Some(d) = device {
+        url.push_str(&format!("&deviceId={}", urlencode(d)));
+    }
+    url
+}
+
+/// A WebSocket upgrade with `query` that must be refused: its status and JSON body.
+pub async fn refused_upgrade(edge: SocketAddr, query: &str) -> (u16, Value) {
+    match tokio_tungstenite::connect_async(format!("ws://{edge}/sync/ws?{query}")).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => (
+            response.status().as_u16(),
+            serde_json::from_slice(response.body().as_deref().unwrap_or_default())
+                .expect("JSON error body"),
+        ),
+        other => panic!("{query}: expected an HTTP refusal, got {other:?}"),
     }
 }
 

@@ -10,11 +10,10 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use legato_tests::cluster::{Cluster, ClusterOptions};
 use legato_tests::view::stored_state;
-use legato_tests::ws_client::{WsClient, urlencode};
+use legato_tests::ws_client::{WsClient, refused_upgrade, urlencode};
 use legato_tests::{Pipeline, SECRET};
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
 
 /// The user every forged token claims to be.
 const VICTIM: &str = "user_victim";
@@ -245,20 +244,6 @@ async fn call(
     )
 }
 
-/// A WebSocket upgrade with `query`, which must be refused; its status and JSON body.
-async fn ws_refused(edge: SocketAddr, query: &str, case: &str) -> (u16, Value) {
-    let url = format!("ws://{edge}/sync/ws?{query}");
-    match tokio_tungstenite::connect_async(url).await {
-        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => (
-            response.status().as_u16(),
-            serde_json::from_slice(response.body().as_deref().unwrap_or_default())
-                .expect("JSON error body"),
-        ),
-        Ok(_) => panic!("{case}: the upgrade was accepted"),
-        Err(e) => panic!("{case}: expected an HTTP refusal, got {e}"),
-    }
-}
-
 async fn edge_metric(cluster: &Cluster, series: &str) -> f64 {
     cluster.metric(cluster.edges[0].admin, series).await
 }
@@ -316,7 +301,7 @@ async fn forged_expired_and_malformed_tokens_are_refused_everywhere_and_leave_no
         }
         let query = format!("userId={VICTIM}&token={}", urlencode(token));
         assert_eq!(
-            ws_refused(edge, &query, case).await,
+            refused_upgrade(edge, &query).await,
             (401, json!({"error": "Invalid or expired token"})),
             "{case}: WebSocket upgrade"
         );
@@ -574,7 +559,7 @@ async fn a_websocket_session_belongs_to_the_tokens_sub_and_nobody_else() {
     ];
     for (query, status, body) in &cases {
         assert_eq!(
-            ws_refused(edge, query, query).await,
+            refused_upgrade(edge, query).await,
             (*status, (*body).clone()),
             "{query}"
         );

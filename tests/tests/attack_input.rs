@@ -18,8 +18,9 @@
 //! does not require one (the Mirubato client's requests are read as JSON whatever they say).
 
 use futures::{SinkExt, StreamExt};
-use legato_tests::cluster::{Cluster, ClusterOptions};
+use legato_tests::cluster::{Cluster, ClusterOptions, env};
 use legato_tests::view::stored_state;
+use legato_tests::ws_client::{Closed, WsClient, next_frame};
 use legato_tests::{Pipeline, wait_for};
 use serde_json::{Value, json};
 use std::net::SocketAddr;
@@ -56,13 +57,6 @@ const COLLECTION_KEYS: [&str; 7] = [
     "repertoire",
     "preferences",
 ];
-
-fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
 
 /// The edge can never be left unready by what it was sent.
 async fn assert_alive(cluster: &mut Cluster) {
@@ -333,36 +327,17 @@ async fn oversized_http_bodies_are_refused_with_413() {
 type Ws = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn connect(edge: SocketAddr, user: &str) -> Ws {
-    let url = format!(
-        "ws://{edge}/sync/ws?userId={user}&token={}",
-        Pipeline::token(user)
-    );
-    let (mut ws, _) = tokio::time::timeout(
-        Duration::from_secs(10),
-        tokio_tungstenite::connect_async(url),
-    )
-    .await
-    .expect("connect in time")
-    .expect("connect");
-    assert_eq!(
-        next_json(&mut ws).await.expect("WELCOME")["type"],
-        "WELCOME"
-    );
-    ws
+    WsClient::connect(edge, user, None).await.ws
 }
 
 /// The next text frame as JSON; `Err` with the close code (1006 when the socket just ended).
 async fn next_json(ws: &mut Ws) -> Result<Value, u16> {
-    loop {
-        let frame = tokio::time::timeout(Duration::from_secs(10), ws.next())
-            .await
-            .expect("a frame within 10 s");
-        return match frame {
-            Some(Ok(Message::Text(t))) => Ok(serde_json::from_str(t.as_str()).expect("JSON")),
-            Some(Ok(Message::Close(c))) => Err(c.map_or(1005, |c| u16::from(c.code))),
-            Some(Ok(_)) => continue,
-            Some(Err(_)) | None => Err(1006),
-        };
+    match next_frame(ws, Duration::from_secs(10)).await {
+        Some(frame) => frame.map_err(|closed| match closed {
+            Closed::Code(code) => code,
+            Closed::Gone => 1006,
+        }),
+        None => panic!("a frame within 10 s"),
     }
 }
 

@@ -11,7 +11,7 @@
 use futures::future::join_all;
 use legato_tests::cluster::{Cluster, ClusterOptions, Kind};
 use legato_tests::view::stored_state;
-use legato_tests::ws_client::{WsClient, urlencode};
+use legato_tests::ws_client::{WsClient, refused_upgrade, urlencode};
 use legato_tests::{Pipeline, wait_for};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -402,18 +402,6 @@ async fn pending_changes_count_only_the_users_own_requests() {
     .await;
 }
 
-/// A WebSocket upgrade that must be refused; its status and JSON body.
-async fn ws_refused(edge: SocketAddr, query: &str) -> (u16, Value) {
-    match tokio_tungstenite::connect_async(format!("ws://{edge}/sync/ws?{query}")).await {
-        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => (
-            response.status().as_u16(),
-            serde_json::from_slice(response.body().as_deref().unwrap_or_default())
-                .expect("JSON error body"),
-        ),
-        other => panic!("{query}: expected a refusal, got {other:?}"),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_long_and_control_character_user_ids_are_refused_as_invalid_tokens() {
     let cluster = Cluster::start(ClusterOptions::new(1, 1, 1)).await;
@@ -446,7 +434,7 @@ async fn over_long_and_control_character_user_ids_are_refused_as_invalid_tokens(
         } else {
             (401, json!({"error": "Invalid or expired token"}))
         };
-        assert_eq!(ws_refused(edge, &query).await, expected, "{user:?}");
+        assert_eq!(refused_upgrade(edge, &query).await, expected, "{user:?}");
     }
     // The limit itself is accepted, and its write lands under exactly that id.
     let longest = "\u{e9}".repeat(64);

@@ -17,10 +17,9 @@
 //! data, a 5,000-session storm (the test process and the edge each hold one end of every
 //! socket, within the 20,000 open files a process may have here).
 
-use futures::StreamExt;
-use legato_tests::cluster::{Cluster, ClusterOptions};
-use legato_tests::ws_client::{Closed, WsClient, urlencode};
-use legato_tests::{Pipeline, wait_for};
+use legato_tests::cluster::{Cluster, ClusterOptions, env};
+use legato_tests::ws_client::{self, Closed, WsClient};
+use legato_tests::{Pipeline, soak, wait_for};
 use serde_json::{Value, json};
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -39,17 +38,6 @@ static SERIAL: Mutex<()> = Mutex::const_new(());
 
 /// The most any probe (push, pull, `/readyz`) may take while the edge is under attack.
 const RESPONSIVE: Duration = Duration::from_secs(5);
-
-fn soak() -> bool {
-    std::env::var("LEGATO_SOAK").is_ok_and(|v| v == "1")
-}
-
-fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
 
 async fn start(edge_env: &[(&str, &str)]) -> Cluster {
     let mut options = ClusterOptions::new(1, 1, 1);
@@ -573,7 +561,7 @@ async fn small_window_session(addr: SocketAddr, user: &str) -> Ws {
     let socket = tokio::net::TcpSocket::new_v4().expect("socket");
     socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
     let stream = socket.connect(addr).await.expect("connect");
-    let (mut ws, _) = tokio_tungstenite::client_async(ws_url(addr, user), stream)
+    let (mut ws, _) = tokio_tungstenite::client_async(ws_client::url(addr, user, None), stream)
         .await
         .expect("ws handshake");
     let welcome = next_json(&mut ws, Duration::from_secs(10))
@@ -596,14 +584,7 @@ async fn next_json<S>(ws: &mut S, timeout: Duration) -> Option<Value>
 where
     S: futures::Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
 {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match tokio::time::timeout_at(deadline, ws.next()).await.ok()?? {
-            Ok(Message::Text(t)) => return Some(serde_json::from_str(t.as_str()).expect("JSON")),
-            Ok(Message::Close(_)) | Err(_) => return None,
-            Ok(_) => continue,
-        }
-    }
+    ws_client::next_frame(ws, timeout).await?.ok()
 }
 
 /// Entry ids a frame carries: a live `entry` or a catch-up page's `entries`.
@@ -861,14 +842,6 @@ enum Attempt {
     Failed(String),
 }
 
-fn ws_url(addr: SocketAddr, user: &str) -> String {
-    format!(
-        "ws://{addr}/sync/ws?userId={}&token={}",
-        urlencode(user),
-        Pipeline::token(user)
-    )
-}
-
 /// One upgrade, up to WELCOME.
 async fn open_session(url: &str) -> Result<Session, Attempt> {
     let connect = tokio_tungstenite::connect_async(url);
@@ -963,9 +936,15 @@ async fn a_reconnect_storm_is_absorbed_within_the_session_limits() {
     // arrives, a user holds at most 32, the per-user limit.
     let per_user = 16;
     let urls: Vec<Arc<String>> = (0..n)
-        .map(|i| Arc::new(ws_url(addr, &format!("user_storm{:04}", i / per_user))))
+        .map(|i| {
+            Arc::new(ws_client::url(
+                addr,
+                &format!("user_storm{:04}", i / per_user),
+                None,
+            ))
+        })
         .collect();
-    let full_user = Arc::new(ws_url(addr, "user_full"));
+    let full_user = Arc::new(ws_client::url(addr, "user_full", None));
     let full: Vec<Arc<String>> = (0..32).map(|_| full_user.clone()).collect();
     let rss = RssWatch::start(edge.pid().expect("edge running"));
     let deadline = Instant::now() + Duration::from_secs(if soak() { 180 } else { 60 });

@@ -8,13 +8,10 @@
 //! or set `LEGATO_FAULT_REPORT=<file>` to collect them). `LEGATO_SOAK=1` makes every case
 //! run longer and with more writers.
 
-use legato_tests::cluster::{Cluster, ClusterOptions, Kind};
+use legato_tests::cluster::{Cluster, ClusterOptions, Kind, env};
+use legato_tests::soak;
 use legato_tests::workload::{self, CursorReader, Device, Load, LoadOptions, Tally, Targets};
 use std::time::Duration;
-
-fn soak() -> bool {
-    std::env::var("LEGATO_SOAK").is_ok_and(|v| v == "1")
-}
 
 /// Acknowledged writes to wait for in each phase of a case.
 fn phase() -> u64 {
@@ -28,13 +25,6 @@ fn load_options() -> LoadOptions {
         options.ws_writers = 3;
     }
     options
-}
-
-fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
 }
 
 /// Short timeouts so a dead worker's messages move on quickly and pushes waiting on a
@@ -91,6 +81,14 @@ impl Run {
             readers,
             devices,
         }
+    }
+
+    /// Sessions the devices opened after their first, together.
+    fn resumes(&self) -> u64 {
+        self.devices
+            .iter()
+            .map(|(_, d)| d.resumes.load(std::sync::atomic::Ordering::SeqCst))
+            .sum()
     }
 
     /// Stops the writers and checks the store, the cursor readers and the devices; returns
@@ -157,21 +155,15 @@ async fn wait_mid_batch(cluster: &Cluster) -> u64 {
 async fn an_ingest_worker_killed_mid_batch_and_restarted_loses_nothing() {
     let mut cluster = Cluster::start(dawdling_ingest(1, 1, 1)).await;
     let run = Run::start(&mut cluster, false).await;
-    run.load
-        .wait_more_acked(phase(), Duration::from_secs(60))
-        .await;
+    run.load.wait_more_acked(phase()).await;
     let held = wait_mid_batch(&cluster).await;
     cluster.ingest[0].kill();
     println!("killed holding {held} unacked messages");
     let before = run.load.tally.acked();
     // Pushes keep being accepted (202) while no worker runs.
-    run.load
-        .wait_more_acked(phase() / 3, Duration::from_secs(60))
-        .await;
+    run.load.wait_more_acked(phase() / 3).await;
     cluster.spawn(Kind::Ingest).await;
-    run.load
-        .wait_more_acked(phase(), Duration::from_secs(60))
-        .await;
+    run.load.wait_more_acked(phase()).await;
     let under_fault = run.load.tally.acked() - before;
     let (tally, entries) = run.finish(&cluster).await;
     workload::report("ingest-kill-restart", &tally, under_fault, entries);
@@ -181,16 +173,12 @@ async fn an_ingest_worker_killed_mid_batch_and_restarted_loses_nothing() {
 async fn one_of_two_ingest_workers_killed_for_good_loses_nothing() {
     let mut cluster = Cluster::start(dawdling_ingest(1, 2, 1)).await;
     let run = Run::start(&mut cluster, false).await;
-    run.load
-        .wait_more_acked(phase(), Duration::from_secs(60))
-        .await;
+    run.load.wait_more_acked(phase()).await;
     wait_mid_batch(&cluster).await;
     cluster.ingest[0].kill();
     let before = run.load.tally.acked();
     // Its unacked messages go to the survivor after the ack wait.
-    run.load
-        .wait_more_acked(phase(), Duration::from_secs(60))
-        .await;
+    run.load.wait_more_acked(phase()).await;
     let under_fault = run.load.tally.acked() - before;
     let (tally, entries) = run.finish(&cluster).await;
     workload::report("ingest-kill-one-of-two", &tally, under_fault, entries);
@@ -200,26 +188,16 @@ async fn one_of_two_ingest_workers_killed_for_good_loses_nothing() {
 async fn a_fanout_worker_killed_leaves_connected_devices_complete() {
     let mut cluster = Cluster::start(fast_options(1, 1, 2)).await;
     let run = Run::start(&mut cluster, true).await;
-    run.load
-        .wait_more_acked(phase(), Duration::from_secs(60))
-        .await;
+    run.load.wait_more_acked(phase()).await;
     cluster.fanout[0].kill();
     let before = run.load.tally.acked();
-    run.load
-        .wait_more_acked(phase(), Duration::from_secs(60))
-        .await;
+    run.load.wait_more_acked(phase()).await;
     // And a replacement joins.
     cluster.spawn(Kind::Fanout).await;
-    run.load
-        .wait_more_acked(phase() / 2, Duration::from_secs(60))
-        .await;
+    run.load.wait_more_acked(phase() / 2).await;
     let under_fault = run.load.tally.acked() - before;
     // The devices never reconnect: everything reaches them over the session they hold.
-    let resumes: u64 = run
-        .devices
-        .iter()
-        .map(|(_, d)| d.resumes.load(std::sync::atomic::Ordering::SeqCst))
-        .sum();
+    let resumes = run.resumes();
     assert_eq!(resumes, 0, "the edge stayed up: no device had to reconnect");
     let (tally, entries) = run.finish(&cluster).await;
     workload::report("fanout-kill", &tally, under_fault, entries);
@@ -229,28 +207,18 @@ async fn a_fanout_worker_killed_leaves_connected_devices_complete() {
 async fn an_edge_killed_with_sessions_is_survived_by_resuming_on_the_other() {
     let mut cluster = Cluster::start(fast_options(2, 1, 1)).await;
     let run = Run::start(&mut cluster, true).await;
-    run.load
-        .wait_more_acked(phase(), Duration::from_secs(60))
-        .await;
+    run.load.wait_more_acked(phase()).await;
     cluster.edges[0].kill();
     let before = run.load.tally.acked();
     run.targets.set(cluster.live_edges());
-    run.load
-        .wait_more_acked(phase(), Duration::from_secs(60))
-        .await;
+    run.load.wait_more_acked(phase()).await;
     // A new edge joins the survivors.
     cluster.spawn(Kind::Edge).await;
     cluster.wait_ready().await;
     run.targets.set(cluster.live_edges());
-    run.load
-        .wait_more_acked(phase() / 2, Duration::from_secs(60))
-        .await;
+    run.load.wait_more_acked(phase() / 2).await;
     let under_fault = run.load.tally.acked() - before;
-    let resumes: u64 = run
-        .devices
-        .iter()
-        .map(|(_, d)| d.resumes.load(std::sync::atomic::Ordering::SeqCst))
-        .sum();
+    let resumes = run.resumes();
     assert!(
         resumes >= run.devices.len() as u64,
         "every device held its session on the killed edge and resumed, {resumes} resumes"
@@ -280,9 +248,7 @@ async fn nats_killed_and_restarted_on_its_store_is_survived_without_restarting_a
     let mut cluster = Cluster::start(fast_options(1, 1, 1)).await;
     let edge = cluster.edges[0].http();
     let run = Run::start(&mut cluster, true).await;
-    run.load
-        .wait_more_acked(phase(), Duration::from_secs(60))
-        .await;
+    run.load.wait_more_acked(phase()).await;
     cluster.nats.kill();
     // While the broker is down, a write is never acknowledged.
     let mut refused = 0;
@@ -295,9 +261,7 @@ async fn nats_killed_and_restarted_on_its_store_is_survived_without_restarting_a
     let before = run.load.tally.acked();
     cluster.nats.restart();
     // Nobody is restarted: the processes reconnect by themselves.
-    run.load
-        .wait_more_acked(phase(), Duration::from_secs(60))
-        .await;
+    run.load.wait_more_acked(phase()).await;
     cluster.wait_ready().await;
     let under_fault = run.load.tally.acked() - before;
     let (tally, entries) = run.finish(&cluster).await;
@@ -326,9 +290,7 @@ async fn a_locked_store_stalls_ingest_without_acks_and_recovers() {
     let mut cluster = Cluster::start(fast_options(1, 1, 1)).await;
     let ingest_admin = cluster.ingest[0].admin;
     let run = Run::start(&mut cluster, false).await;
-    run.load
-        .wait_more_acked(phase(), Duration::from_secs(60))
-        .await;
+    run.load.wait_more_acked(phase()).await;
     // Another process takes SQLite's write lock and keeps it.
     let lock = rusqlite::Connection::open(cluster.db_path()).expect("open the store file");
     lock.execute_batch("BEGIN EXCLUSIVE")
@@ -369,9 +331,7 @@ async fn a_locked_store_stalls_ingest_without_acks_and_recovers() {
     lock.execute_batch("COMMIT").expect("release the lock");
     drop(lock);
     cluster.wait_readyz(ingest_admin, 200).await;
-    run.load
-        .wait_more_acked(phase(), Duration::from_secs(60))
-        .await;
+    run.load.wait_more_acked(phase()).await;
     let under_fault = run.load.tally.acked() - before;
     let (tally, entries) = run.finish(&cluster).await;
     println!("messages held while locked: {pending}");
@@ -491,9 +451,7 @@ async fn poison_messages_are_terminated_after_max_deliveries_and_the_watermark_m
     let mut cluster = Cluster::start(options).await;
     let ingest_admin = cluster.ingest[0].admin;
     let run = Run::start(&mut cluster, false).await;
-    run.load
-        .wait_more_acked(phase() / 2, Duration::from_secs(60))
-        .await;
+    run.load.wait_more_acked(phase() / 2).await;
 
     let client = async_nats::connect(cluster.nats.url()).await.expect("nats");
     let mut dead = client
@@ -576,9 +534,7 @@ async fn poison_messages_are_terminated_after_max_deliveries_and_the_watermark_m
     )
     .await;
     let under_fault = run.load.tally.acked() - before;
-    run.load
-        .wait_more_acked(phase() / 2, Duration::from_secs(60))
-        .await;
+    run.load.wait_more_acked(phase() / 2).await;
     let (tally, entries) = run.finish(&cluster).await;
     workload::report("poison", &tally, under_fault, entries);
 }
