@@ -1,6 +1,7 @@
 //! One WebSocket session: the transport loop. It owns the socket and enforces the session's
 //! limits — idle timeout (1001), frame size (1009), message rate (`ERROR rate limited`),
-//! shutdown (1012) — forwards live deliveries from the hub, and hands parsed client messages
+//! protocol violations (1002/1007), shutdown (1012), and a deadline on every write (a client
+//! that stops reading is dropped, `stalled`) — forwards live deliveries from the hub, and hands parsed client messages
 //! to a [`Dispatch`] (the edge's write path and catch-up reads; a stub in tests).
 //!
 //! Every `seq`/`lastSeq` the client sees comes from deliveries or catch-up pages, which cap
