@@ -67,6 +67,14 @@ impl ApiError {
         };
         let mut response =
             warp::reply::with_status(warp::reply::json(&body), status).into_response();
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            // The rest of an over-limit body is not read: the connection cannot carry another
+            // request, and a client must not take it back into its pool.
+            response.headers_mut().insert(
+                warp::http::header::CONNECTION,
+                warp::http::HeaderValue::from_static("close"),
+            );
+        }
         if status == StatusCode::SERVICE_UNAVAILABLE {
             response.headers_mut().insert(
                 warp::http::header::RETRY_AFTER,

@@ -1,6 +1,10 @@
 //! The ingest loop: fetch a batch from the shared durable consumer, apply it to the store in
 //! one call, publish the effective changes to `SYNC_OUT`, reply to the edge, then ack.
 //!
+//! Two stages overlap: while one committed batch is being published, replied to and acked,
+//! the next one is fetched and applied (the store is the bottleneck; it should not wait for
+//! broker round trips). Batches are finished one at a time, in the order they were applied.
+//!
 //! Order matters for durability: a message is acked only after its changes are committed and
 //! published, so a crash anywhere before the ack means redelivery, never loss. A redelivered
 //! message finds its items already stored with its own sequence; those count as applied again
@@ -43,6 +47,13 @@ struct Decoded {
     seq: u64,
 }
 
+/// A committed batch waiting to be published, replied to and acked.
+struct Applied {
+    decoded: Vec<Decoded>,
+    outcomes: Vec<Vec<ItemOutcome>>,
+    committed_at: Clock,
+}
+
 impl Worker {
     async fn provision(&self) -> anyhow::Result<PullConsumer> {
         let first_seq = self.store.max_seq().await?.message_seq() + 1;
@@ -72,6 +83,25 @@ impl Worker {
         };
         self.provisioned.store(true, Ordering::SeqCst);
         tracing::info!("ingest worker consuming");
+        // One applied batch waits while another is finished.
+        let (applied, mut to_finish) = tokio::sync::mpsc::channel::<Applied>(1);
+        let finisher = async {
+            while let Some(batch) = to_finish.recv().await {
+                self.finish_batch(batch).await;
+            }
+        };
+        tokio::join!(self.apply_loop(consumer, applied, &shutdown), finisher);
+        tracing::info!("ingest worker stopped fetching");
+    }
+
+    /// Fetches, decodes and applies batches, handing each committed one to the finisher.
+    /// Returns on shutdown (dropping `applied` lets the finisher drain and stop).
+    async fn apply_loop(
+        &self,
+        consumer: PullConsumer,
+        applied: tokio::sync::mpsc::Sender<Applied>,
+        shutdown: &CancellationToken,
+    ) {
         let batch = &self.config.batch;
         let mut last_purge = std::time::Instant::now();
         while !shutdown.is_cancelled() {
@@ -84,21 +114,22 @@ impl Worker {
             }
             let expires = Duration::from_millis(batch.fetch_expires_ms);
             let messages =
-                match nats::fetch_batch(&consumer, batch.max_messages, expires, &shutdown).await {
+                match nats::fetch_batch(&consumer, batch.max_messages, expires, shutdown).await {
                     nats::Fetched::Messages(messages) => messages,
                     nats::Fetched::Failed => {
-                        if !pause(&shutdown, Duration::from_millis(250)).await {
+                        if !pause(shutdown, Duration::from_millis(250)).await {
                             break;
                         }
                         continue;
                     }
                     nats::Fetched::Stopped => break,
                 };
-            if !messages.is_empty() {
-                self.process(messages, &shutdown).await;
+            if let Some(batch) = self.apply(messages, shutdown).await
+                && applied.send(batch).await.is_err()
+            {
+                break;
             }
         }
-        tracing::info!("ingest worker stopped fetching");
     }
 
     async fn terminate(&self, message: &jetstream::Message, reason: &'static str) {
@@ -172,7 +203,13 @@ impl Worker {
         })
     }
 
-    async fn process(&self, messages: Vec<jetstream::Message>, shutdown: &CancellationToken) {
+    /// Decodes and applies one fetched batch; `None` when nothing in it was applicable or
+    /// shutdown interrupted the store retries (the messages then come back).
+    async fn apply(
+        &self,
+        messages: Vec<jetstream::Message>,
+        shutdown: &CancellationToken,
+    ) -> Option<Applied> {
         let mut decoded = Vec::with_capacity(messages.len());
         for message in messages {
             if let Some(d) = self.decode(message).await {
@@ -180,7 +217,7 @@ impl Worker {
             }
         }
         if decoded.is_empty() {
-            return;
+            return None;
         }
         let writes: Vec<MessageWrites> = decoded
             .iter()
@@ -195,16 +232,24 @@ impl Worker {
                 }),
             })
             .collect();
-        let Some(outcomes) = self.apply_with_retry(writes, &decoded, shutdown).await else {
-            return;
-        };
+        let outcomes = self.apply_with_retry(writes, &decoded, shutdown).await?;
         self.metrics.batches.inc();
         self.metrics.batch_size.observe(decoded.len() as f64);
-        let committed_at = Clock::now();
+        Some(Applied {
+            decoded,
+            outcomes,
+            committed_at: Clock::now(),
+        })
+    }
+
+    /// Publishes, replies and acks every message of a committed batch.
+    async fn finish_batch(&self, batch: Applied) {
+        let committed_at = batch.committed_at;
         futures::future::join_all(
-            decoded
+            batch
+                .decoded
                 .into_iter()
-                .zip(outcomes)
+                .zip(batch.outcomes)
                 .map(|(d, outcomes)| self.finish(d, outcomes, committed_at)),
         )
         .await;

@@ -79,6 +79,11 @@ async fn bad_requests_get_the_error_envelope() {
     let answer = raw_exchange(p.edge_addr, head.as_bytes()).await;
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     assert!(answer.contains(r#""code":413"#), "{answer}");
+    // The unread rest of the body makes the connection unusable: the edge says so.
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
     // A body without Content-Length is cut off at the limit while streaming.
     let stream =
         futures::stream::iter((0..5).map(|_| Ok::<_, std::io::Error>(vec![b' '; 1024 * 1024])));

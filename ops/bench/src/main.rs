@@ -86,9 +86,17 @@ async fn throughput(s: &Settings, report: &mut Report) -> anyhow::Result<(f64, f
     let mut js_rates = Vec::new();
     let mut cpu: Vec<(String, f64)> = Vec::new();
     let mut rows: Vec<(usize, usize, Vec<f64>)> = Vec::new();
+    // `BENCH_ONLY=100x64,10x8` restricts the sweep (for profiling one shape).
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     for batch in [1, 10, 100] {
         for concurrency in [1, 8, 32, 64] {
-            rows.push((batch, concurrency, Vec::new()));
+            if only.is_empty()
+                || only
+                    .split(',')
+                    .any(|s| s == format!("{batch}x{concurrency}"))
+            {
+                rows.push((batch, concurrency, Vec::new()));
+            }
         }
     }
     for _ in 0..s.runs {
