@@ -49,6 +49,7 @@ pub struct Bus {
     max_envelope_bytes: usize,
     watermark: Mutex<Option<(Instant, u64)>>,
     watermark_ttl: Duration,
+    refreshing: tokio::sync::Mutex<()>,
 }
 
 pub struct Timings {
@@ -76,6 +77,7 @@ impl Bus {
             max_envelope_bytes,
             watermark: Mutex::new(None),
             watermark_ttl,
+            refreshing: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -105,10 +107,17 @@ impl Bus {
             None => uuid::Uuid::new_v4().simple().to_string(),
         };
         let parts = split(request.items, self.max_envelope_bytes);
-        // Subscribe before publishing so no reply can be missed.
+        // Subscribe before publishing so no reply can be missed. One part (the usual case)
+        // gets a literal subject: the broker inserts and removes a literal subscription
+        // without scanning its match cache, which it does for every wildcard one.
+        let replies_subject = if parts.len() == 1 {
+            subject::done(&format!("{base}.0"))
+        } else {
+            format!("{}.>", subject::done(&base))
+        };
         let mut replies = self
             .client
-            .subscribe(format!("{}.>", subject::done(&base)))
+            .subscribe(replies_subject)
             .await
             .map_err(|_| BusError::Unavailable)?;
         let subject = subject::ingest(&request.user);
@@ -208,13 +217,26 @@ impl Bus {
     }
 
     /// The commit watermark as a change sequence, cached for a few ms (a stale one is safe).
+    /// One refresh at a time: requests that find the cache expired while another one reads
+    /// the broker wait for that read instead of each asking the broker.
     pub async fn watermark(&self) -> Result<ChangeSeq, BusError> {
-        if let Some((at, w)) = *self.watermark.lock().expect("watermark lock")
-            && at.elapsed() < self.watermark_ttl
-        {
-            return Ok(ChangeSeq::through_message(w));
+        if let Some(w) = self.cached_watermark() {
+            return Ok(w);
+        }
+        let _refreshing = self.refreshing.lock().await;
+        if let Some(w) = self.cached_watermark() {
+            return Ok(w);
         }
         self.fresh_watermark().await
+    }
+
+    fn cached_watermark(&self) -> Option<ChangeSeq> {
+        match *self.watermark.lock().expect("watermark lock") {
+            Some((at, w)) if at.elapsed() < self.watermark_ttl => {
+                Some(ChangeSeq::through_message(w))
+            }
+            _ => None,
+        }
     }
 
     /// The commit watermark read from the broker now, bypassing the cache.

@@ -126,36 +126,62 @@ impl Application {
                 self.metrics.clone(),
                 Duration::from_millis(self.config.watermark_cache_ms),
             );
-            while !shutdown.is_cancelled() {
-                let expires = Duration::from_millis(self.config.fetch_expires_ms);
-                let messages =
-                    match nats::fetch_batch(&consumer, self.config.max_batch, expires, &shutdown)
-                        .await
-                    {
-                        nats::Fetched::Messages(messages) => messages,
-                        nats::Fetched::Failed
-                            if pause(&shutdown, Duration::from_millis(250)).await =>
-                        {
-                            continue;
-                        }
-                        nats::Fetched::Failed | nats::Fetched::Stopped => break,
-                    };
-                let mut received = Vec::with_capacity(messages.len());
-                for message in messages {
-                    if let Some(r) = fanout.decode(message).await {
-                        received.push(r);
+            // One published batch waits for its flush and acks while the next is rendered.
+            let (published, mut to_confirm) = tokio::sync::mpsc::channel(1);
+            let confirmer = async {
+                while let Some(batch) = to_confirm.recv().await {
+                    if !worker::confirm(&self.client, batch).await {
+                        // The broker is unreachable: let the fetches fail and back off too.
+                        pause(&shutdown, Duration::from_millis(100)).await;
                     }
                 }
-                if !received.is_empty()
-                    && !fanout.process(received).await
-                    && !pause(&shutdown, Duration::from_millis(100)).await
-                {
-                    break;
-                }
-            }
+            };
+            let publisher =
+                publish_loop(&self.config, &consumer, &mut fanout, published, &shutdown);
+            tokio::join!(publisher, confirmer);
         }
         admin.await.context("admin server task")?;
         nats::drain(&self.client).await;
         Ok(())
+    }
+}
+
+/// Fetches, renders and publishes batches, handing each to the confirmer; returns on shutdown
+/// (dropping `published` lets the confirmer finish and stop).
+async fn publish_loop(
+    config: &FanoutConfig,
+    consumer: &async_nats::jetstream::consumer::PullConsumer,
+    fanout: &mut worker::Fanout,
+    published: tokio::sync::mpsc::Sender<Vec<worker::Received>>,
+    shutdown: &CancellationToken,
+) {
+    while !shutdown.is_cancelled() {
+        let expires = Duration::from_millis(config.fetch_expires_ms);
+        let messages = match nats::fetch_batch(consumer, config.max_batch, expires, shutdown).await
+        {
+            nats::Fetched::Messages(messages) => messages,
+            nats::Fetched::Failed if pause(shutdown, Duration::from_millis(250)).await => {
+                continue;
+            }
+            nats::Fetched::Failed | nats::Fetched::Stopped => break,
+        };
+        let mut received = Vec::with_capacity(messages.len());
+        for message in messages {
+            if let Some(r) = fanout.decode(message).await {
+                received.push(r);
+            }
+        }
+        if received.is_empty() {
+            continue;
+        }
+        match fanout.publish(received).await {
+            Some(batch) => {
+                if published.send(batch).await.is_err() {
+                    break;
+                }
+            }
+            None if pause(shutdown, Duration::from_millis(100)).await => {}
+            None => break,
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! The fanout loop: fetch committed batches from `SYNC_OUT`, coalesce changes to the same
 //! entity, render them into client frames, publish one delivery per user and origin on core
-//! NATS `sync.deliver.<user>`, flush, then ack.
+//! NATS `sync.deliver.<user>`, flush, then ack. The flush and the acks of one batch overlap
+//! with fetching and rendering the next ([`Fanout::publish`], then [`confirm`]).
 //!
 //! Every frame's `seq` is capped at the *delivery watermark* D: every change at or below D is
 //! committed and its frame already published to the edges (see [`DeliveryWatermark`]). A
@@ -128,9 +129,9 @@ impl Fanout {
         }
     }
 
-    /// Publishes the deliveries for `received` and acks them; returns false when nothing could
-    /// be published (the messages stay unacked and come back).
-    pub async fn process(&mut self, received: Vec<Received>) -> bool {
+    /// Publishes the deliveries for `received`; they are acked by [`confirm`]. `None` when a
+    /// publish failed (the messages stay unacked and come back).
+    pub async fn publish(&mut self, received: Vec<Received>) -> Option<Vec<Received>> {
         let watermark = self.watermark().await;
         // Keep only the latest change per entity: later ones carry the full state.
         let mut latest: HashMap<(UserId, EntityType, String), Latest> = HashMap::new();
@@ -179,7 +180,6 @@ impl Fanout {
                     .push((seq, DeliveredFrame { seq: visible, text }));
             }
         }
-        let now = Clock::now();
         for ((user, device, session), mut frames) in deliveries {
             frames.sort_by_key(|(seq, _)| *seq);
             self.metrics.frames.inc_by(frames.len() as u64);
@@ -201,31 +201,40 @@ impl Fanout {
                 .await
             {
                 tracing::warn!(error = %e, "publishing a delivery failed");
-                return false;
+                return None;
             }
             self.metrics.deliveries.inc();
         }
-        // Bounded: a flush waits for the broker, which may be gone; unacked batches come back.
-        match tokio::time::timeout(Duration::from_secs(5), self.client.flush()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "flushing deliveries failed");
-                return false;
-            }
-            Err(_) => {
-                tracing::warn!("flushing deliveries timed out");
-                return false;
-            }
-        }
+        let now = Clock::now();
         for r in &received {
             let lag = (now.as_micros() - r.batch.committed_at.as_micros()).max(0) as f64 / 1e6;
             self.metrics.lag_seconds.observe(lag);
-            if let Err(e) = r.message.ack().await {
-                tracing::warn!(error = %e, "ack failed; the batch will be delivered again");
-            }
         }
-        true
+        Some(received)
     }
+}
+
+/// Acks batches whose deliveries [`Fanout::publish`] sent, once the broker has them (a flush);
+/// false when it could not be reached (the batches stay unacked and come back).
+pub async fn confirm(client: &async_nats::Client, published: Vec<Received>) -> bool {
+    // Bounded: a flush waits for the broker, which may be gone; unacked batches come back.
+    match tokio::time::timeout(Duration::from_secs(5), client.flush()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "flushing deliveries failed");
+            return false;
+        }
+        Err(_) => {
+            tracing::warn!("flushing deliveries timed out");
+            return false;
+        }
+    }
+    for r in &published {
+        if let Err(e) = r.message.ack().await {
+            tracing::warn!(error = %e, "ack failed; the batch will be delivered again");
+        }
+    }
+    true
 }
 
 #[cfg(test)]
