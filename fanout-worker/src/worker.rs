@@ -70,10 +70,11 @@ pub struct Received {
     pub batch: CommittedBatch,
 }
 
-type Origin = (UserId, Option<String>, Option<String>);
+/// Who a delivery goes to and which device and session it came from.
+type Origin<'a> = (&'a UserId, Option<&'a str>, Option<&'a str>);
 /// The latest change of one entity in a batch: its seq, origin, and where it is
 /// (message index, change index).
-type Latest = (u64, Origin, usize, usize);
+type Latest<'a> = (u64, Origin<'a>, usize, usize);
 
 impl Fanout {
     pub fn new(
@@ -134,19 +135,19 @@ impl Fanout {
     pub async fn publish(&mut self, received: Vec<Received>) -> Option<Vec<Received>> {
         let watermark = self.watermark().await;
         // Keep only the latest change per entity: later ones carry the full state.
-        let mut latest: HashMap<(UserId, EntityType, String), Latest> = HashMap::new();
+        let mut latest: HashMap<(&UserId, EntityType, &str), Latest<'_>> = HashMap::new();
         for (m, r) in received.iter().enumerate() {
             self.metrics.changes.inc_by(r.batch.changes.len() as u64);
+            let origin = (
+                &r.batch.user,
+                r.batch.origin_device.as_ref().map(|d| d.as_str()),
+                r.batch.origin_session.as_deref(),
+            );
             for (c, change) in r.batch.changes.iter().enumerate() {
                 let key = (
-                    r.batch.user.clone(),
+                    &r.batch.user,
                     change.item.entity_type,
-                    change.item.id.to_string(),
-                );
-                let origin = (
-                    r.batch.user.clone(),
-                    r.batch.origin_device.as_ref().map(|d| d.to_string()),
-                    r.batch.origin_session.clone(),
+                    change.item.id.as_str(),
                 );
                 match latest.get(&key) {
                     Some((seq, ..)) if *seq >= change.seq => self.metrics.coalesced.inc(),
@@ -160,7 +161,7 @@ impl Fanout {
                 }
             }
         }
-        let mut deliveries: BTreeMap<Origin, Vec<(u64, DeliveredFrame)>> = BTreeMap::new();
+        let mut deliveries: BTreeMap<Origin<'_>, Vec<(u64, DeliveredFrame)>> = BTreeMap::new();
         for (seq, origin, m, c) in latest.into_values() {
             let batch = &received[m].batch;
             let change = &batch.changes[c];
@@ -188,16 +189,16 @@ impl Fanout {
                 frames: frames.into_iter().map(|(_, f)| f).collect(),
             };
             let mut headers = HeaderMap::new();
-            if let Some(d) = &device {
-                headers.insert(ORIGIN_DEVICE, d.as_str());
+            if let Some(d) = device {
+                headers.insert(ORIGIN_DEVICE, d);
             }
-            if let Some(s) = &session {
-                headers.insert(ORIGIN_SESSION, s.as_str());
+            if let Some(s) = session {
+                headers.insert(ORIGIN_SESSION, s);
             }
             let payload = Bytes::from(envelope::encode(&delivery));
             if let Err(e) = self
                 .client
-                .publish_with_headers(subject::deliver(&user), headers, payload)
+                .publish_with_headers(subject::deliver(user), headers, payload)
                 .await
             {
                 tracing::warn!(error = %e, "publishing a delivery failed");
