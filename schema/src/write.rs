@@ -1,7 +1,7 @@
 //! Turning one client item into a [`WriteItem`]: validation, the LWW clock, the tombstone flag
 //! and the checksum. Pure, so the edge (HTTP and WebSocket) and tests share one definition.
 
-use crate::checksum::{canonical_json, checksum};
+use crate::checksum::{canonical_json, sha256_hex};
 use crate::clock::{Clock, Version};
 use crate::entity::EntityType;
 use crate::ids::EntityId;
@@ -136,7 +136,8 @@ pub fn prepare(
         item: WriteItem {
             entity_type,
             id,
-            checksum: checksum(&payload),
+            // The checksum is over the canonical text (CONTRACT.md §3), already at hand.
+            checksum: sha256_hex(text.as_bytes()),
             payload: text,
             clock,
             deleted,
