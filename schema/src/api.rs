@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
+pub use crate::push_text::{PushText, push_text};
+
 /// `{"path":"changes.entries[3].duration","reason":"..."}`
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Detail {
@@ -35,7 +37,7 @@ pub struct BadRequest {
 }
 
 impl BadRequest {
-    fn at(path: impl Into<String>, reason: impl Into<String>) -> BadRequest {
+    pub(crate) fn at(path: impl Into<String>, reason: impl Into<String>) -> BadRequest {
         BadRequest {
             message: "Invalid request body".into(),
             details: vec![Detail {
@@ -49,19 +51,19 @@ impl BadRequest {
 /// One group of items under `changes.<key>`; `entity_type` is `None` for a key the contract
 /// does not know (its items are reported as rejected, not silently dropped).
 #[derive(Debug)]
-pub struct ChangeGroup {
+pub struct ChangeGroup<T = Value> {
     pub key: String,
     pub entity_type: Option<EntityType>,
-    pub items: Vec<Value>,
+    pub items: Vec<T>,
 }
 
 #[derive(Debug)]
-pub struct PushBody {
-    pub groups: Vec<ChangeGroup>,
+pub struct PushBody<T = Value> {
+    pub groups: Vec<ChangeGroup<T>>,
     pub last_sync_token: Option<String>,
 }
 
-impl PushBody {
+impl<T> PushBody<T> {
     pub fn item_count(&self) -> usize {
         self.groups.iter().map(|g| g.items.len()).sum()
     }
@@ -70,24 +72,38 @@ impl PushBody {
 /// Parses a request body as a JSON object. Nesting deeper than serde_json's limit (128)
 /// is refused like any other invalid JSON.
 pub fn parse_json(body: &[u8]) -> Result<Value, BadRequest> {
-    let text = std::str::from_utf8(body)
-        .map_err(|e| BadRequest::at("$", format!("body is not UTF-8: {e}")))?;
-    match serde_json::from_str::<Value>(text) {
+    match serde_json::from_str::<Value>(utf8(body)?) {
         Ok(value @ Value::Object(_)) => Ok(value),
-        Ok(_) => Err(BadRequest::at("$", "body must be a JSON object")),
-        Err(e) => Err(BadRequest {
-            message: "Invalid JSON".into(),
-            details: vec![Detail {
-                path: "$".into(),
-                reason: e.to_string(),
-            }],
-        }),
+        Ok(_) => Err(not_an_object()),
+        Err(e) => Err(invalid_json(e)),
+    }
+}
+
+pub(crate) fn utf8(body: &[u8]) -> Result<&str, BadRequest> {
+    std::str::from_utf8(body).map_err(|e| BadRequest::at("$", format!("body is not UTF-8: {e}")))
+}
+
+pub(crate) fn not_an_object() -> BadRequest {
+    BadRequest::at("$", "body must be a JSON object")
+}
+
+pub(crate) fn invalid_json(e: serde_json::Error) -> BadRequest {
+    BadRequest {
+        message: "Invalid JSON".into(),
+        details: vec![Detail {
+            path: "$".into(),
+            reason: e.to_string(),
+        }],
     }
 }
 
 /// The idempotency request hash: SHA-256 over the method, the path and the canonical body.
 pub fn request_hash(method: &str, path: &str, body: &Value) -> String {
-    let canonical = crate::checksum::canonical_json(body);
+    request_hash_canonical(method, path, &crate::checksum::canonical_json(body))
+}
+
+/// [`request_hash`] given the body's canonical JSON.
+pub fn request_hash_canonical(method: &str, path: &str, canonical: &str) -> String {
     crate::checksum::sha256_hex(format!("{method}\n{path}\n{canonical}").as_bytes())
 }
 

@@ -7,12 +7,14 @@
 //! JSON shapes of CONTRACT.md ([`api`]).
 
 pub mod api;
+mod canonical_item;
 pub mod checksum;
 pub mod clock;
 pub mod cursor;
 pub mod entity;
 pub mod envelope;
 pub mod ids;
+mod push_text;
 pub mod score_id;
 pub mod subject;
 pub mod write;

@@ -17,6 +17,7 @@
 //! Ids from [`from_title`] are fixed points of [`normalize_id`], unless the title or composer
 //! contains a `|`. Such a pipe cannot be told apart from the `||` separator.
 
+use crate::entity::EntityType;
 use serde_json::{Map, Value};
 
 /// Which kind of item payload [`normalize_payload`] is given.
@@ -24,6 +25,25 @@ use serde_json::{Map, Value};
 pub enum Kind {
     Entry,
     Repertoire,
+}
+
+impl Kind {
+    /// The kind of payload an entity type has, if its score ids are normalized.
+    pub fn of(entity_type: EntityType) -> Option<Kind> {
+        match entity_type {
+            EntityType::LogbookEntry => Some(Kind::Entry),
+            EntityType::RepertoireItem => Some(Kind::Repertoire),
+            _ => None,
+        }
+    }
+
+    /// The one top-level member normalization rewrites.
+    pub fn field(self) -> &'static str {
+        match self {
+            Kind::Entry => "pieces",
+            Kind::Repertoire => "scoreId",
+        }
+    }
 }
 
 /// Id from a title and an optional composer; None when the title is empty after normalization.
@@ -59,37 +79,40 @@ pub fn normalize_id(id: &str) -> Option<String> {
 /// `composer`. A piece that yields neither is left unchanged, as is anything in `pieces` that is
 /// not an object. For a repertoire item, a non-blank string `scoreId` is normalized.
 pub fn normalize_payload(kind: Kind, payload: &mut Value) {
-    match kind {
-        Kind::Entry => {
-            if let Some(pieces) = payload.get_mut("pieces").and_then(Value::as_array_mut) {
-                pieces
-                    .iter_mut()
-                    .filter_map(Value::as_object_mut)
-                    .for_each(normalize_piece);
-            }
-        }
-        Kind::Repertoire => {
-            if let Some(Value::String(id)) = payload.get_mut("scoreId")
-                && let Some(normalized) = normalize_id(id)
-            {
+    if let Some(value) = payload.get_mut(kind.field()) {
+        normalize_field(kind, value);
+    }
+}
+
+/// [`normalize_payload`] given the payload's [`Kind::field`] member alone.
+fn normalize_field(kind: Kind, value: &mut Value) {
+    match (kind, value) {
+        (Kind::Entry, Value::Array(pieces)) => pieces
+            .iter_mut()
+            .filter_map(Value::as_object_mut)
+            .for_each(normalize_piece),
+        (Kind::Repertoire, Value::String(id)) => {
+            if let Some(normalized) = normalize_id(id) {
                 *id = normalized;
             }
         }
+        _ => {}
     }
 }
 
 fn normalize_piece(piece: &mut Map<String, Value>) {
-    let id = piece
-        .get("id")
-        .and_then(Value::as_str)
-        .and_then(normalize_id)
-        .or_else(|| {
-            let title = piece.get("title")?.as_str()?;
-            from_title(title, piece.get("composer").and_then(Value::as_str))
-        });
-    if let Some(id) = id {
+    let string = |key| piece.get(key).and_then(Value::as_str);
+    if let Some(id) = piece_id(string("id"), string("title"), string("composer")) {
         piece.insert("id".to_owned(), Value::String(id));
     }
+}
+
+/// The id a piece of an entry gets, given its `id`, `title` and `composer` members where they
+/// are strings: its own id normalized, else one built from its title and composer; `None`
+/// leaves the piece as it is.
+pub fn piece_id(id: Option<&str>, title: Option<&str>, composer: Option<&str>) -> Option<String> {
+    id.and_then(normalize_id)
+        .or_else(|| from_title(title?, composer))
 }
 
 fn join(title: &str, composer: &str) -> String {

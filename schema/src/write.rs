@@ -1,13 +1,21 @@
 //! Turning one client item into a [`WriteItem`]: validation, the LWW clock, the tombstone flag
 //! and the checksum. Pure, so the edge (HTTP and WebSocket) and tests share one definition.
+//!
+//! An item comes either parsed (a `Value`) or as part of canonical text (a push body's, see
+//! [`crate::api::push_text`]), which is prepared without building a tree of it. Both take the
+//! same checks in `finish`, and the property tests in `tests/canonical.rs` hold the results
+//! of the two to each other byte for byte.
 
-use crate::checksum::{canonical_json, checksum};
+pub use crate::canonical_item::CanonicalItem;
+use crate::canonical_item::{ITEM_DEPTH, Object};
+use crate::checksum::{Canonical, canonical_json, sha256_hex};
 use crate::clock::{Clock, Version};
 use crate::entity::EntityType;
 use crate::ids::EntityId;
 use crate::score_id;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 /// One write as it travels on the bus and into the store.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,6 +70,10 @@ pub enum ItemError {
     TooLarge(usize),
     #[error("{0} is not a valid date")]
     BadDate(&'static str),
+    /// For [`prepare_raw`] given text that `Value` does not accept (a push body's items were
+    /// checked with the body).
+    #[error("item is not valid JSON")]
+    InvalidJson,
 }
 
 /// A deletion marker is any truthy `deletedAt` (JavaScript truthiness).
@@ -84,26 +96,132 @@ pub fn reported_id(id: Option<&Value>) -> String {
     }
 }
 
+/// An item's payload as a request carried it.
+#[derive(Debug)]
+pub enum Payload<'a> {
+    /// Part of canonical text: a push body's, as [`crate::api::PushText::read`] gives it.
+    Canonical(CanonicalItem<'a>),
+    Value(Value),
+}
+
+/// An item's payload, read once: the members preparation looks at (the id and the clocks) as
+/// values, so the id can be looked at before preparing.
+#[derive(Debug)]
+pub struct Fields<'a>(Read<'a>);
+
+#[derive(Debug)]
+enum Read<'a> {
+    /// An object from canonical text, and its `id`, `updatedAt` and `deletedAt`, parsed.
+    Canonical {
+        item: Object<'a>,
+        parsed: [Option<Value>; 3],
+    },
+    Value(Value),
+    NotAnObject,
+}
+
+/// The members of a payload that preparation reads as values.
+const READ: [&str; 3] = ["id", "updatedAt", "deletedAt"];
+
+impl<'a> Fields<'a> {
+    /// Reads a payload. Fails only if canonical text is not JSON, which would be a bug.
+    pub fn read(payload: Payload<'a>) -> Result<Fields<'a>, ItemError> {
+        let item = match payload {
+            Payload::Value(value) => return Ok(Fields(Read::Value(value))),
+            Payload::Canonical(CanonicalItem(None)) => return Ok(Fields(Read::NotAnObject)),
+            Payload::Canonical(CanonicalItem(Some(item))) => item,
+        };
+        let mut parsed = [None, None, None];
+        for (slot, key) in parsed.iter_mut().zip(READ) {
+            if let Some(text) = item.member(key) {
+                *slot = Some(serde_json::from_str(text).map_err(|_| ItemError::InvalidJson)?);
+            }
+        }
+        Ok(Fields(Read::Canonical { item, parsed }))
+    }
+
+    /// The payload's `id`, `updatedAt` or `deletedAt` (`None` for any other key).
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        let slot = READ.iter().position(|k| *k == key)?;
+        match &self.0 {
+            Read::Canonical { parsed, .. } => parsed[slot].as_ref(),
+            Read::Value(value) => value.get(key),
+            Read::NotAnObject => None,
+        }
+    }
+}
+
 /// Validates one item and computes its clock and checksum. `id` is the item's id field (for a
 /// push, `payload.id`; for a batch entity, its outer `id`).
 pub fn prepare(
     entity_type: EntityType,
     id: Option<&Value>,
-    mut payload: Value,
+    payload: Value,
     opts: &PrepareOptions,
 ) -> Result<Prepared, ItemError> {
-    match entity_type {
-        EntityType::LogbookEntry => {
-            score_id::normalize_payload(score_id::Kind::Entry, &mut payload)
-        }
-        EntityType::RepertoireItem => {
-            score_id::normalize_payload(score_id::Kind::Repertoire, &mut payload)
-        }
-        _ => {}
-    }
-    let Value::Object(fields) = &payload else {
-        return Err(ItemError::NotAnObject);
+    prepare_fields(entity_type, id, Fields(Read::Value(payload)), opts)
+}
+
+/// [`prepare`] for a payload given as JSON text: for text `Value` accepts, the same result as
+/// `prepare(entity_type, id, serde_json::from_str(payload.get())?, opts)`.
+pub fn prepare_raw(
+    entity_type: EntityType,
+    id: Option<&Value>,
+    payload: &RawValue,
+    opts: &PrepareOptions,
+) -> Result<Prepared, ItemError> {
+    let (canonical, outline) =
+        Canonical::outlined(payload.get(), ITEM_DEPTH).map_err(|_| ItemError::InvalidJson)?;
+    let Some(outline) = outline.filter(|_| canonical.reads_back()) else {
+        let value = serde_json::from_str(payload.get()).map_err(|_| ItemError::InvalidJson)?;
+        return prepare(entity_type, id, value, opts);
     };
+    let item = CanonicalItem::at(canonical.as_str(), &outline, outline.root_index());
+    prepare_fields(
+        entity_type,
+        id,
+        Fields::read(Payload::Canonical(item))?,
+        opts,
+    )
+}
+
+/// [`prepare`] for a payload already read, so that its id could be looked at first.
+pub fn prepare_fields(
+    entity_type: EntityType,
+    id: Option<&Value>,
+    fields: Fields<'_>,
+    opts: &PrepareOptions,
+) -> Result<Prepared, ItemError> {
+    let kind = score_id::Kind::of(entity_type);
+    match fields.0 {
+        Read::Value(mut payload) => {
+            if let Some(kind) = kind {
+                score_id::normalize_payload(kind, &mut payload);
+            }
+            let Value::Object(members) = &payload else {
+                return Err(ItemError::NotAnObject);
+            };
+            let dates = (members.get("deletedAt"), members.get("updatedAt"));
+            finish(entity_type, id, dates, || canonical_json(&payload), opts)
+        }
+        Read::Canonical { item, parsed } => {
+            let [_, updated_at, deleted_at] = &parsed;
+            let dates = (deleted_at.as_ref(), updated_at.as_ref());
+            finish(entity_type, id, dates, || item.normalized(kind), opts)
+        }
+        Read::NotAnObject => Err(ItemError::NotAnObject),
+    }
+}
+
+/// The checks and clocks of an object payload, and its canonical `text` (built last: most
+/// refused items never need it).
+fn finish(
+    entity_type: EntityType,
+    id: Option<&Value>,
+    (deleted_at, updated_at): (Option<&Value>, Option<&Value>),
+    text: impl FnOnce() -> String,
+    opts: &PrepareOptions,
+) -> Result<Prepared, ItemError> {
     let id = match id {
         Some(Value::String(s)) if !s.is_empty() => {
             EntityId::parse(s.clone()).map_err(|e| match e {
@@ -114,20 +232,20 @@ pub fn prepare(
         }
         _ => return Err(ItemError::MissingId),
     };
-    let deleted = is_truthy(fields.get("deletedAt"));
-    let deleted_at = match fields.get("deletedAt") {
+    let deleted = is_truthy(deleted_at);
+    let deleted_at = match deleted_at {
         Some(v @ (Value::String(_) | Value::Number(_))) if deleted => {
             Some(Clock::from_json(v).map_err(|_| ItemError::BadDate("deletedAt"))?)
         }
         _ => None,
     };
-    let updated_at = match fields.get("updatedAt") {
+    let updated_at = match updated_at {
         None | Some(Value::Null) => None,
         Some(v) => Some(Clock::from_json(v).map_err(|_| ItemError::BadDate("updatedAt"))?),
     };
     let clock = updated_at.or(deleted_at).unwrap_or(opts.now);
     let (clock, clock_clamped) = clock.clamp_future(opts.now, opts.max_skew_us);
-    let text = canonical_json(&payload);
+    let text = text();
     if text.len() > opts.max_item_bytes {
         return Err(ItemError::TooLarge(opts.max_item_bytes));
     }
@@ -136,7 +254,8 @@ pub fn prepare(
         item: WriteItem {
             entity_type,
             id,
-            checksum: checksum(&payload),
+            // The checksum is over the canonical text (CONTRACT.md §3), already at hand.
+            checksum: sha256_hex(text.as_bytes()),
             payload: text,
             clock,
             deleted,

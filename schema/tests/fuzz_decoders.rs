@@ -1,6 +1,7 @@
 //! Property-driven fuzzing of every decoder that client or bus bytes reach: the HTTP body
 //! parsers (push, pull, batch), per-item preparation (`write::prepare`), the WebSocket frame
-//! parser and the MessagePack bus envelopes.
+//! parser and the MessagePack bus envelopes. The push path the edge runs (`api::push_text`,
+//! without a tree of the body) is held to the tree-building one on every body.
 //!
 //! The oracle for each decoder: it never panics, and it either fails with an error or yields
 //! items that satisfy the contract's validation rules — an id of 1..=256 bytes without

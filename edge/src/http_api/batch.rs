@@ -10,6 +10,7 @@ use crate::bus::Submission;
 use bytes::Bytes;
 use legato_schema::api::{self, BatchConflict, BatchEntityOut, BatchResponse};
 use legato_schema::envelope::{ItemOutcome, RequestKind};
+use legato_schema::write::Payload;
 use legato_schema::{ChangeSeq, Clock, EntityType};
 use legato_store::StoredEntity;
 use std::collections::HashSet;
@@ -40,7 +41,9 @@ pub(super) async fn batch(
         device,
         key,
         body,
-    } = WriteRequest::read(&state, &headers, body, PATH)?;
+    } = WriteRequest::read(&state, &headers, body)?;
+    let body = api::parse_json(&body).map_err(ApiError::BadRequest)?;
+    let key = key.map(|k| (k, api::request_hash("POST", PATH, &body)));
     let parsed = api::batch_from_value(body).map_err(ApiError::BadRequest)?;
     check_item_count(&state, parsed.entities.len())?;
     let mut envelope_rejected = Vec::new();
@@ -50,7 +53,7 @@ pub(super) async fn batch(
             Ok(e) => raw_items.push(RawItem {
                 entity_type: Ok(e.entity_type),
                 id: e.id,
-                payload: e.data,
+                payload: Payload::Value(e.data),
                 version: e.version,
             }),
             Err(rejected) => envelope_rejected.push(rejected),

@@ -3,17 +3,18 @@
 
 use crate::state::State;
 use legato_schema::api::Rejected;
-use legato_schema::write::{self, PrepareOptions, WriteItem};
+use legato_schema::write::{self, Fields, Payload, PrepareOptions, WriteItem};
 use legato_schema::{Clock, EntityType};
 use serde_json::Value;
 use std::collections::HashMap;
 
 /// One item as the client sent it.
-pub(crate) struct RawItem {
+pub(crate) struct RawItem<'a> {
     /// The entity type, or the unknown name the item came under.
     pub entity_type: Result<EntityType, String>,
+    /// A batch entity's outer `id`; a push item's id is its payload's.
     pub id: Option<Value>,
-    pub payload: Value,
+    pub payload: Payload<'a>,
     /// A batch entity's `version` counter.
     pub version: Option<u64>,
 }
@@ -39,7 +40,7 @@ pub(crate) const DUPLICATE_IN_REQUEST: &str =
 
 /// Validates every item on its own. When one request carries the same entity twice, the last
 /// one in request order is applied and the earlier ones are reported as rejected.
-pub(crate) fn prepare_items(state: &State, raw: Vec<RawItem>, now: Clock) -> PreparedItems {
+pub(crate) fn prepare_items(state: &State, raw: Vec<RawItem<'_>>, now: Clock) -> PreparedItems {
     let options = PrepareOptions {
         now,
         max_skew_us: state.config.sync.max_clock_skew_secs * 1_000_000,
@@ -48,7 +49,9 @@ pub(crate) fn prepare_items(state: &State, raw: Vec<RawItem>, now: Clock) -> Pre
     let mut prepared = Vec::with_capacity(raw.len());
     let mut rejected = Vec::new();
     for item in raw {
-        let reported = write::reported_id(item.id.as_ref().or(item.payload.get("id")));
+        let fields = Fields::read(item.payload);
+        let own_id = fields.as_ref().ok().and_then(|f| f.get("id"));
+        let reported = write::reported_id(item.id.as_ref().or(own_id));
         let entity_type = match item.entity_type {
             Ok(t) => t,
             Err(name) => {
@@ -60,8 +63,11 @@ pub(crate) fn prepare_items(state: &State, raw: Vec<RawItem>, now: Clock) -> Pre
                 continue;
             }
         };
-        let id = item.id.or_else(|| item.payload.get("id").cloned());
-        match write::prepare(entity_type, id.as_ref(), item.payload, &options) {
+        let outcome = fields.and_then(|fields| {
+            let id = item.id.or_else(|| fields.get("id").cloned());
+            write::prepare_fields(entity_type, id.as_ref(), fields, &options)
+        });
+        match outcome {
             Ok(p) => {
                 if p.clock_clamped {
                     state.metrics.clock_clamped.inc();

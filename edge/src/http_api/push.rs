@@ -7,7 +7,6 @@ use bytes::Bytes;
 use legato_schema::api::{self, pending_response, push_response};
 use legato_schema::envelope::RequestKind;
 use legato_schema::{Clock, DeviceId, UserId};
-use serde_json::Value;
 use std::sync::Arc;
 use warp::http::{HeaderMap, StatusCode};
 use warp::reply::Response;
@@ -24,8 +23,16 @@ pub(super) async fn push(
         device,
         key,
         body,
-    } = WriteRequest::read(&state, &headers, body, PATH)?;
-    let parsed = api::push_from_value(body).map_err(ApiError::BadRequest)?;
+    } = WriteRequest::read(&state, &headers, body)?;
+    // No tree of the body: its canonical text, hashed and cut into items.
+    let text = api::push_text(&body).map_err(ApiError::BadRequest)?;
+    let key = key.map(|k| {
+        (
+            k,
+            api::request_hash_canonical("POST", PATH, text.canonical()),
+        )
+    });
+    let parsed = text.read().map_err(ApiError::BadRequest)?;
     check_item_count(&state, parsed.item_count())?;
     let raw = parsed
         .groups
@@ -76,13 +83,13 @@ pub(super) async fn push(
     .await
 }
 
-/// What push and batch read before their own body shape: the user, the device, the
-/// idempotency key with the request hash, and the body as JSON.
+/// What push and batch read before their body: the user, the device, the idempotency key
+/// (hashed with the body once that is parsed) and the body.
 pub(super) struct WriteRequest {
     pub user: UserId,
     pub device: Option<DeviceId>,
-    pub key: Option<(String, String)>,
-    pub body: Value,
+    pub key: Option<String>,
+    pub body: Bytes,
 }
 
 impl WriteRequest {
@@ -90,14 +97,11 @@ impl WriteRequest {
         state: &State,
         headers: &HeaderMap,
         body: Result<Bytes, ApiError>,
-        path: &str,
     ) -> Result<WriteRequest, ApiError> {
         let user = authenticate(state, headers)?;
         let body = body?;
         let device = device_id(headers)?;
         let key = idempotency::key_from_headers(headers)?;
-        let body = api::parse_json(&body).map_err(ApiError::BadRequest)?;
-        let key = key.map(|k| (k, api::request_hash("POST", path, &body)));
         Ok(WriteRequest {
             user,
             device,

@@ -8,6 +8,7 @@ use crate::bus::{Request, Submission};
 use crate::http_api::items::{RawItem, prepare_items};
 use crate::state::State;
 use legato_schema::envelope::{ItemOutcome, RequestKind};
+use legato_schema::write::Payload;
 use legato_schema::{ChangeSeq, Clock, DeviceId, EntityType, UserId, ws};
 use serde_json::Value;
 use serde_json::value::RawValue;
@@ -39,7 +40,7 @@ impl Dispatch for EdgeDispatch {
             .map(|(t, payload)| RawItem {
                 entity_type: Ok(t),
                 id: None,
-                payload,
+                payload: Payload::Value(payload),
                 version: None,
             })
             .collect();
