@@ -84,12 +84,13 @@ fn commit() -> String {
 async fn throughput(s: &Settings, report: &mut Report) -> anyhow::Result<(f64, f64)> {
     let mut store_rates = Vec::new();
     let mut js_rates = Vec::new();
-    let mut cpu: Vec<(String, f64)> = Vec::new();
+    // CPU seconds per process during the last batch-100 shape of the sweep.
+    let mut cpu: (usize, Vec<(String, f64)>) = (0, Vec::new());
     let mut rows: Vec<(usize, usize, Vec<f64>)> = Vec::new();
     // `BENCH_ONLY=100x64,10x8` restricts the sweep (for profiling one shape).
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     for batch in [1, 10, 100] {
-        for concurrency in [1, 8, 32, 64] {
+        for concurrency in [1, 8, 32, 64, 128] {
             if only.is_empty()
                 || only
                     .split(',')
@@ -107,9 +108,10 @@ async fn throughput(s: &Settings, report: &mut Report) -> anyhow::Result<(f64, f
             let before = cluster::cpu_seconds(&cluster);
             rates
                 .push(scenarios::push_throughput(&cluster, *batch, *concurrency, s.seconds).await?);
-            if (*batch, *concurrency) == (100, 64) {
+            if *batch == 100 {
                 let after = cluster::cpu_seconds(&cluster);
-                cpu = before
+                cpu.0 = *concurrency;
+                cpu.1 = before
                     .iter()
                     .zip(after)
                     .map(|((name, b), (_, a))| (name.clone(), a - b))
@@ -149,14 +151,14 @@ async fn throughput(s: &Settings, report: &mut Report) -> anyhow::Result<(f64, f
     }
     writeln!(
         table,
-        "\nWhere the CPU went during the last 100 × 64 run ({:.1} s on 2 cores):\n",
-        s.seconds
+        "\nWhere the CPU went during the last 100 × {} run ({:.1} s on 2 cores):\n",
+        cpu.0, s.seconds
     )?;
     writeln!(
         table,
         "| process | CPU s | share of the machine |\n|---|---:|---:|"
     )?;
-    for (name, seconds) in &cpu {
+    for (name, seconds) in &cpu.1 {
         writeln!(
             table,
             "| {name} | {seconds:.2} | {:.0} % |",
