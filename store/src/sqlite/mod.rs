@@ -118,19 +118,19 @@ impl SqliteStore {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(unavailable)?;
         }
-        let writer = open_connection(&path, &options, false)?;
-        writer.execute_batch(SCHEMA).map_err(unavailable)?;
-        writer
-            .execute(
-                "INSERT OR IGNORE INTO meta (key, value) VALUES ('deployment', ?1)",
-                [uuid::Uuid::new_v4().simple().to_string()[..16].to_owned()],
-            )
-            .map_err(unavailable)?;
-        let deployment: String = writer
-            .query_row("SELECT value FROM meta WHERE key = 'deployment'", [], |r| {
-                r.get(0)
-            })
-            .map_err(unavailable)?;
+        // Processes starting together on a new file race to switch it to WAL and create the
+        // schema; SQLite answers some of those steps "locked" at once rather than waiting on
+        // the busy timeout, so the whole preparation is retried within that timeout.
+        let deadline = std::time::Instant::now() + options.busy_timeout;
+        let (writer, deployment) = loop {
+            match prepare_writer(&path, &options) {
+                Ok(prepared) => break prepared,
+                Err(e) if is_busy(&e) && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => return Err(unavailable(e)),
+            }
+        };
         Ok(SqliteStore {
             inner: Arc::new(Inner {
                 path,
@@ -180,7 +180,34 @@ impl SqliteStore {
     }
 }
 
+/// The writer connection with the schema in place, and the deployment id.
+fn prepare_writer(path: &Path, options: &SqliteOptions) -> rusqlite::Result<(Connection, String)> {
+    let writer = connect(path, options, false)?;
+    writer.execute_batch(SCHEMA)?;
+    writer.execute(
+        "INSERT OR IGNORE INTO meta (key, value) VALUES ('deployment', ?1)",
+        [uuid::Uuid::new_v4().simple().to_string()[..16].to_owned()],
+    )?;
+    let deployment =
+        writer.query_row("SELECT value FROM meta WHERE key = 'deployment'", [], |r| {
+            r.get(0)
+        })?;
+    Ok((writer, deployment))
+}
+
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e,
+        rusqlite::Error::SqliteFailure(f, _)
+            if matches!(f.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
 fn open_connection(path: &Path, options: &SqliteOptions, read_only: bool) -> Result<Connection> {
+    connect(path, options, read_only).map_err(unavailable)
+}
+
+fn connect(path: &Path, options: &SqliteOptions, read_only: bool) -> rusqlite::Result<Connection> {
     let flags = if read_only {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
     } else {
@@ -188,19 +215,16 @@ fn open_connection(path: &Path, options: &SqliteOptions, read_only: bool) -> Res
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX
     };
-    let conn = Connection::open_with_flags(path, flags).map_err(unavailable)?;
-    conn.busy_timeout(options.busy_timeout)
-        .map_err(unavailable)?;
+    let conn = Connection::open_with_flags(path, flags)?;
+    conn.busy_timeout(options.busy_timeout)?;
     if !read_only {
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(unavailable)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
     }
     let sync = match options.synchronous {
         Synchronous::Full => "FULL",
         Synchronous::Normal => "NORMAL",
     };
-    conn.pragma_update(None, "synchronous", sync)
-        .map_err(unavailable)?;
+    conn.pragma_update(None, "synchronous", sync)?;
     Ok(conn)
 }
 
@@ -483,6 +507,29 @@ mod tests {
         let store = SqliteStore::open(dir.path().join("t.db"), SqliteOptions::default()).unwrap();
         (store, dir)
     });
+
+    #[test]
+    fn processes_starting_together_on_a_new_file_all_open_it() {
+        // Separate connections, as separate processes would have (edge and ingest start
+        // together in `ops/dev.sh` and the benchmarks).
+        for _ in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("t.db");
+            let ids: Vec<String> = std::thread::scope(|scope| {
+                let openers: Vec<_> = (0..6)
+                    .map(|_| {
+                        scope.spawn(|| {
+                            let store = SqliteStore::open(&path, SqliteOptions::default())
+                                .expect("open while others open");
+                            store.inner.deployment.clone()
+                        })
+                    })
+                    .collect();
+                openers.into_iter().map(|o| o.join().unwrap()).collect()
+            });
+            assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
+        }
+    }
 
     #[tokio::test]
     async fn deployment_id_survives_reopen() {
