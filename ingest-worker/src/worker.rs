@@ -47,6 +47,24 @@ struct Decoded {
     seq: u64,
 }
 
+/// What the store applies for `decoded`: built for each attempt (the store takes it by value),
+/// so a batch's items are copied once per attempt and not kept twice.
+fn writes(decoded: &[Decoded]) -> Vec<MessageWrites> {
+    decoded
+        .iter()
+        .map(|d| MessageWrites {
+            user: d.envelope.user.clone(),
+            message_seq: d.seq,
+            device_id: d.envelope.device_id.clone(),
+            items: d.envelope.items.clone(),
+            record: d.envelope.idempotency.as_ref().map(|i| OutcomeRecord {
+                request_id: d.envelope.request_id.clone(),
+                expires_at: i.expires_at,
+            }),
+        })
+        .collect()
+}
+
 /// A committed batch waiting to be published, replied to and acked.
 struct Applied {
     decoded: Vec<Decoded>,
@@ -219,20 +237,7 @@ impl Worker {
         if decoded.is_empty() {
             return None;
         }
-        let writes: Vec<MessageWrites> = decoded
-            .iter()
-            .map(|d| MessageWrites {
-                user: d.envelope.user.clone(),
-                message_seq: d.seq,
-                device_id: d.envelope.device_id.clone(),
-                items: d.envelope.items.clone(),
-                record: d.envelope.idempotency.as_ref().map(|i| OutcomeRecord {
-                    request_id: d.envelope.request_id.clone(),
-                    expires_at: i.expires_at,
-                }),
-            })
-            .collect();
-        let outcomes = self.apply_with_retry(writes, &decoded, shutdown).await?;
+        let outcomes = self.apply_with_retry(&decoded, shutdown).await?;
         self.metrics.batches.inc();
         self.metrics.batch_size.observe(decoded.len() as f64);
         Some(Applied {
@@ -257,7 +262,6 @@ impl Worker {
 
     async fn apply_with_retry(
         &self,
-        writes: Vec<MessageWrites>,
         decoded: &[Decoded],
         shutdown: &CancellationToken,
     ) -> Option<Vec<Vec<ItemOutcome>>> {
@@ -273,7 +277,7 @@ impl Worker {
         let max_backoff = Duration::from_millis(self.config.batch.max_retry_backoff_ms);
         loop {
             let started = std::time::Instant::now();
-            match self.store.apply(writes.clone(), Clock::now()).await {
+            match self.store.apply(writes(decoded), Clock::now()).await {
                 Ok(outcomes) => {
                     self.metrics
                         .apply_seconds
