@@ -33,6 +33,8 @@ pub struct FanoutConfig {
     /// How long a fetch waits for more batches; small, since it adds to delivery latency
     /// only when the stream is idle.
     pub fetch_expires_ms: u64,
+    /// How often the delivery watermark is read from the broker, beside the publishing loop
+    /// (frames carry the last value read).
     pub watermark_cache_ms: u64,
 }
 
@@ -121,11 +123,7 @@ impl Application {
         };
         if let Some(consumer) = consumer {
             self.provisioned.store(true, Ordering::SeqCst);
-            let mut fanout = worker::Fanout::new(
-                self.client.clone(),
-                self.metrics.clone(),
-                Duration::from_millis(self.config.watermark_cache_ms),
-            );
+            let fanout = worker::Fanout::new(self.client.clone(), self.metrics.clone());
             // One published batch waits for its flush and acks while the next is rendered.
             let (published, mut to_confirm) = tokio::sync::mpsc::channel(1);
             let confirmer = async {
@@ -136,9 +134,12 @@ impl Application {
                     }
                 }
             };
-            let publisher =
-                publish_loop(&self.config, &consumer, &mut fanout, published, &shutdown);
-            tokio::join!(publisher, confirmer);
+            let publisher = publish_loop(&self.config, &consumer, &fanout, published, &shutdown);
+            let refresher = fanout.refresh_watermark(
+                Duration::from_millis(self.config.watermark_cache_ms),
+                &shutdown,
+            );
+            tokio::join!(publisher, confirmer, refresher);
         }
         admin.await.context("admin server task")?;
         nats::drain(&self.client).await;
@@ -151,7 +152,7 @@ impl Application {
 async fn publish_loop(
     config: &FanoutConfig,
     consumer: &async_nats::jetstream::consumer::PullConsumer,
-    fanout: &mut worker::Fanout,
+    fanout: &worker::Fanout,
     published: tokio::sync::mpsc::Sender<Vec<worker::Received>>,
     shutdown: &CancellationToken,
 ) {

@@ -15,19 +15,21 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::{self, AckKind};
 use bytes::Bytes;
 use legato_runtime::nats::{self, DeliverySample};
+use legato_runtime::shutdown::pause;
 use legato_schema::envelope::{
     self, CommittedBatch, DeliveredFrame, Delivery, ENVELOPE_VERSION, ORIGIN_DEVICE, ORIGIN_SESSION,
 };
 use legato_schema::{ChangeSeq, Clock, EntityType, UserId, subject, ws};
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 pub struct Fanout {
     pub client: async_nats::Client,
     pub js: jetstream::Context,
     pub metrics: FanoutMetrics,
-    watermark: DeliveryWatermark,
-    watermark_ttl: Duration,
+    watermark: Arc<Mutex<DeliveryWatermark>>,
 }
 
 /// D, the delivery watermark, from samples `(committed, published)`: once the fanout
@@ -36,7 +38,6 @@ pub struct Fanout {
 pub struct DeliveryWatermark {
     samples: VecDeque<DeliverySample>,
     delivered: Option<u64>,
-    refreshed: Option<Instant>,
 }
 
 /// Samples kept while fanout lags; older ones are dropped (D then advances more slowly).
@@ -77,42 +78,46 @@ type Origin<'a> = (&'a UserId, Option<&'a str>, Option<&'a str>);
 type Latest<'a> = (u64, Origin<'a>, usize, usize);
 
 impl Fanout {
-    pub fn new(
-        client: async_nats::Client,
-        metrics: FanoutMetrics,
-        watermark_ttl: Duration,
-    ) -> Fanout {
+    pub fn new(client: async_nats::Client, metrics: FanoutMetrics) -> Fanout {
         let js = jetstream::new(client.clone());
         Fanout {
             client,
             js,
             metrics,
-            watermark: DeliveryWatermark::default(),
-            watermark_ttl,
+            watermark: Arc::default(),
         }
     }
 
-    /// The delivery watermark, refreshed at most every `watermark_ttl`. A stale value is safe;
-    /// before the first one is known, frames carry 0 (the client keeps its own cursor).
-    async fn watermark(&mut self) -> ChangeSeq {
-        let fresh = self
-            .watermark
-            .refreshed
-            .is_some_and(|at| at.elapsed() < self.watermark_ttl);
-        if !fresh {
+    /// Keeps the delivery watermark fresh, reading the broker every `every` until `shutdown`.
+    /// It runs beside the publishing loop so that no batch waits for the three broker reads a
+    /// sample takes; frames carry the last D known, which is safe however stale it is.
+    pub async fn refresh_watermark(&self, every: Duration, shutdown: &CancellationToken) {
+        loop {
             let sample = nats::delivery_sample(&self.js).await;
             let floor = nats::fanout_floor(&self.js).await;
             match (sample, floor) {
                 (Ok(sample), Ok(floor)) => {
-                    self.watermark.advance(Some(sample), floor);
-                    self.watermark.refreshed = Some(Instant::now());
+                    self.watermark
+                        .lock()
+                        .expect("watermark lock")
+                        .advance(Some(sample), floor);
                 }
                 (Err(e), _) | (_, Err(e)) => {
                     tracing::warn!(error = %e, "reading the delivery watermark failed; using the last one");
                 }
             }
+            if !pause(shutdown, every).await {
+                return;
+            }
         }
+    }
+
+    /// The last delivery watermark read; before the first one is known, frames carry 0 (the
+    /// client keeps its own cursor).
+    fn watermark(&self) -> ChangeSeq {
         self.watermark
+            .lock()
+            .expect("watermark lock")
             .delivered
             .map_or(ChangeSeq(0), ChangeSeq::through_message)
     }
@@ -132,8 +137,8 @@ impl Fanout {
 
     /// Publishes the deliveries for `received`; they are acked by [`confirm`]. `None` when a
     /// publish failed (the messages stay unacked and come back).
-    pub async fn publish(&mut self, received: Vec<Received>) -> Option<Vec<Received>> {
-        let watermark = self.watermark().await;
+    pub async fn publish(&self, received: Vec<Received>) -> Option<Vec<Received>> {
+        let watermark = self.watermark();
         // Keep only the latest change per entity: later ones carry the full state.
         let mut latest: HashMap<(&UserId, EntityType, &str), Latest<'_>> = HashMap::new();
         for (m, r) in received.iter().enumerate() {
