@@ -9,27 +9,16 @@
 //!
 //! Cases per property: 512 by default, 20 000 with `LEGATO_SOAK=1`, or `PROPTEST_CASES`.
 
+mod common;
+use common::config;
 use legato_schema::api;
 use legato_schema::checksum::{Canonical, NUMBER_TOKEN, RAW_TOKEN, canonical_json, canonicalize};
 use legato_schema::write::{self, Fields, Payload, PrepareOptions, Prepared};
 use legato_schema::{Clock, EntityType};
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestRunner};
+use proptest::test_runner::TestRunner;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
-
-fn config() -> Config {
-    let soak = std::env::var("LEGATO_SOAK").is_ok_and(|v| v == "1");
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(if soak { 20_000 } else { 512 });
-    Config {
-        cases,
-        max_global_rejects: 0,
-        ..Config::default()
-    }
-}
 
 /// A small item limit, so generated items fall on both sides of it.
 const MAX_ITEM_BYTES: usize = 400;

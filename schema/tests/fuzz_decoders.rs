@@ -18,13 +18,16 @@
 //! Cases per property: 512 by default (the file runs in a few seconds), 20 000 with
 //! `LEGATO_SOAK=1`, or `PROPTEST_CASES` when set.
 
+#[path = "common/mod.rs"]
+mod common;
+use common::config;
 use legato_schema::api;
 use legato_schema::envelope::{self, ENVELOPE_VERSION, IngestEnvelope, RequestKind};
 use legato_schema::write::{self, PrepareOptions, WriteItem};
 use legato_schema::ws;
 use legato_schema::{Clock, EntityType, UserId};
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestRunner};
+use proptest::test_runner::TestRunner;
 use serde_json::{Value, json};
 
 #[path = "fuzz_decoders/oracles.rs"]
@@ -45,20 +48,6 @@ const WS_SYNC: &str = include_str!("../../tests/fixtures/mirubato/ws-sync-reques
 
 const MAX_ITEM_BYTES: usize = 256 * 1024;
 const SKEW_US: i64 = 300_000_000;
-
-fn config() -> Config {
-    let soak = std::env::var("LEGATO_SOAK").is_ok_and(|v| v == "1");
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(if soak { 20_000 } else { 512 });
-    Config {
-        cases,
-        // Rejections only come from `prop_assume!`, which these properties do not use.
-        max_global_rejects: 0,
-        ..Config::default()
-    }
-}
 
 fn opts() -> PrepareOptions {
     PrepareOptions {
