@@ -63,7 +63,31 @@ pub struct PushBody<T = Value> {
     pub last_sync_token: Option<String>,
 }
 
+impl<T> ChangeGroup<T> {
+    /// The group under `changes.<key>`, typed by its collection key.
+    pub(crate) fn new(key: String, items: Vec<T>) -> ChangeGroup<T> {
+        ChangeGroup {
+            entity_type: EntityType::from_collection_key(&key),
+            key,
+            items,
+        }
+    }
+}
+
 impl<T> PushBody<T> {
+    /// The body with its groups in the contract's order: entries first, as the client sends
+    /// them, unknown keys last (stable otherwise).
+    pub(crate) fn in_contract_order(
+        mut groups: Vec<ChangeGroup<T>>,
+        last_sync_token: Option<String>,
+    ) -> PushBody<T> {
+        groups.sort_by_key(|g| g.entity_type.map_or(usize::MAX, |t| t as usize));
+        PushBody {
+            groups,
+            last_sync_token,
+        }
+    }
+
     pub fn item_count(&self) -> usize {
         self.groups.iter().map(|g| g.items.len()).sum()
     }
@@ -134,18 +158,9 @@ pub fn push_from_value(body: Value) -> Result<PushBody, BadRequest> {
             Value::Array(items) => items,
             _ => return Err(BadRequest::at(format!("changes.{key}"), "must be an array")),
         };
-        groups.push(ChangeGroup {
-            entity_type: EntityType::from_collection_key(&key),
-            key,
-            items,
-        });
+        groups.push(ChangeGroup::new(key, items));
     }
-    // Stable, contract order: entries first, as the client sends them.
-    groups.sort_by_key(|g| g.entity_type.map_or(usize::MAX, |t| t as usize));
-    Ok(PushBody {
-        groups,
-        last_sync_token,
-    })
+    Ok(PushBody::in_contract_order(groups, last_sync_token))
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]

@@ -8,7 +8,6 @@ use crate::api::{
 };
 use crate::canonical_item::{CanonicalItem, ITEM_DEPTH};
 use crate::checksum::{Canonical, Outline};
-use crate::entity::EntityType;
 use crate::write::Payload;
 
 /// Depth of the containers a push body's outline covers: the body, `changes` and each group,
@@ -92,17 +91,9 @@ impl PushText<'_> {
                 None if &text[child.value.clone()] == "null" => Vec::new(),
                 _ => return Err(BadRequest::at(format!("changes.{key}"), "must be an array")),
             };
-            groups.push(ChangeGroup {
-                entity_type: EntityType::from_collection_key(&key),
-                key,
-                items,
-            });
+            groups.push(ChangeGroup::new(key, items));
         }
-        groups.sort_by_key(|g| g.entity_type.map_or(usize::MAX, |t| t as usize));
-        Ok(PushBody {
-            groups,
-            last_sync_token,
-        })
+        Ok(PushBody::in_contract_order(groups, last_sync_token))
     }
 
     /// The body as `Value` reads it, for what the outline cannot stand for.
