@@ -5,9 +5,8 @@ use crate::clients::{HoldGroup, user};
 use crate::cluster::{Cluster, Shape, rss_bytes, token};
 use crate::stats::{ms, quantile};
 use futures::StreamExt;
-use legato_schema::checksum::{canonical_json, checksum};
-use legato_schema::write::WriteItem;
-use legato_schema::{Clock, EntityId, EntityType, UserId};
+use legato_schema::write::{self, PrepareOptions, WriteItem};
+use legato_schema::{Clock, EntityType, UserId};
 use legato_store::{MessageWrites, Store};
 use serde_json::Value;
 use std::sync::Arc;
@@ -32,8 +31,8 @@ fn entry(n: u64, extra: &str) -> String {
     )
 }
 
-/// A push body carrying `count` fresh entries.
-fn push_body(count: u64) -> String {
+/// A push body carrying `count` fresh entries, each with `extra` as its field `x`.
+fn push_body(count: u64, extra: &str) -> String {
     let first = next_entries(count);
     let mut body = String::with_capacity(40 + 260 * count as usize);
     body.push_str(r#"{"changes":{"entries":["#);
@@ -41,7 +40,7 @@ fn push_body(count: u64) -> String {
         if n > first {
             body.push(',');
         }
-        body.push_str(&entry(n, "null"));
+        body.push_str(&entry(n, extra));
     }
     body.push_str("]}}");
     body
@@ -60,18 +59,19 @@ pub async fn raw_store(batch: usize, seconds: f64) -> anyhow::Result<f64> {
     let mut seq = 1u64;
     while applying.as_secs_f64() < seconds {
         let first = next_entries(batch as u64);
+        // Built as the edge builds them (normalized, canonical, hashed), outside the clock.
+        let options = PrepareOptions {
+            now: Clock::now(),
+            max_skew_us: 300_000_000,
+            max_item_bytes: 256 * 1024,
+        };
         let writes: Vec<WriteItem> = (first..first + batch as u64)
             .map(|n| {
-                let v: Value = serde_json::from_str(&entry(n, "null")).expect("valid entry");
-                WriteItem {
-                    entity_type: EntityType::LogbookEntry,
-                    id: EntityId::parse(format!("entry_{n}")).unwrap(),
-                    checksum: checksum(&v),
-                    payload: canonical_json(&v),
-                    clock: Clock(1_750_000_000_000_000 + n as i64),
-                    deleted: false,
-                    deleted_at: None,
-                }
+                let payload = serde_json::from_str(&entry(n, "null")).expect("valid entry");
+                let id = Value::String(format!("entry_{n}"));
+                write::prepare(EntityType::LogbookEntry, Some(&id), payload, &options)
+                    .expect("a valid entry")
+                    .item
             })
             .collect();
         let started = Instant::now();
@@ -157,7 +157,7 @@ pub async fn push_throughput(
                         .post(&url)
                         .header("Authorization", &auth)
                         .header("Content-Type", "application/json")
-                        .body(push_body(batch as u64))
+                        .body(push_body(batch as u64, "null"))
                         .send()
                         .await;
                     if let Ok(r) = response
@@ -200,7 +200,7 @@ pub async fn push_latency(
                 .post(format!("http://{edge}/api/sync/push"))
                 .bearer_auth(token(&name))
                 .header("Content-Type", "application/json")
-                .body(push_body(1))
+                .body(push_body(1, "null"))
                 .send()
                 .await
                 .is_ok_and(|r| r.status() == 200);
@@ -272,12 +272,12 @@ pub async fn propagation(
         let (http, auth) = (http.clone(), auth.clone());
         sends.push(tokio::spawn(async move {
             let sent_us = origin.elapsed().as_micros() as u64;
-            let item = entry(next_entries(1), &format!(r#"{{"sentUs":{sent_us}}}"#));
+
             http.post(format!("http://{sender_edge}/api/sync/push"))
                 .header("Authorization", auth)
                 .header("X-Device-ID", "a")
                 .header("Content-Type", "application/json")
-                .body(format!(r#"{{"changes":{{"entries":[{item}]}}}}"#))
+                .body(push_body(1, &format!(r#"{{"sentUs":{sent_us}}}"#)))
                 .send()
                 .await
                 .is_ok_and(|r| r.status() == 200)
@@ -352,7 +352,7 @@ pub async fn fanout_rate(
                         .post(format!("http://{edge}/api/sync/push"))
                         .bearer_auth(token(&name))
                         .header("Content-Type", "application/json")
-                        .body(push_body(10))
+                        .body(push_body(10, "null"))
                         .send()
                         .await;
                     n += 32;
