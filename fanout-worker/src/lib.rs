@@ -124,22 +124,21 @@ impl Application {
         if let Some(consumer) = consumer {
             self.provisioned.store(true, Ordering::SeqCst);
             let fanout = worker::Fanout::new(self.client.clone(), self.metrics.clone());
-            // One published batch waits for its flush and acks while the next is rendered.
-            let (published, mut to_confirm) = tokio::sync::mpsc::channel(1);
-            let confirmer = async {
-                while let Some(batch) = to_confirm.recv().await {
+            // The next batch is rendered and published while the last is flushed and acked.
+            let stages = legato_runtime::stages::overlap(
+                |published| publish_loop(&self.config, &consumer, &fanout, published, &shutdown),
+                |batch| async {
                     if !worker::confirm(&self.client, batch).await {
                         // The broker is unreachable: let the fetches fail and back off too.
                         pause(&shutdown, Duration::from_millis(100)).await;
                     }
-                }
-            };
-            let publisher = publish_loop(&self.config, &consumer, &fanout, published, &shutdown);
+                },
+            );
             let refresher = fanout.refresh_watermark(
                 Duration::from_millis(self.config.watermark_cache_ms),
                 &shutdown,
             );
-            tokio::join!(publisher, confirmer, refresher);
+            tokio::join!(stages, refresher);
         }
         admin.await.context("admin server task")?;
         nats::drain(&self.client).await;

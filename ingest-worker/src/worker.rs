@@ -101,14 +101,11 @@ impl Worker {
         };
         self.provisioned.store(true, Ordering::SeqCst);
         tracing::info!("ingest worker consuming");
-        // One applied batch waits while another is finished.
-        let (applied, mut to_finish) = tokio::sync::mpsc::channel::<Applied>(1);
-        let finisher = async {
-            while let Some(batch) = to_finish.recv().await {
-                self.finish_batch(batch).await;
-            }
-        };
-        tokio::join!(self.apply_loop(consumer, applied, &shutdown), finisher);
+        legato_runtime::stages::overlap(
+            |applied| self.apply_loop(consumer, applied, &shutdown),
+            |batch| self.finish_batch(batch),
+        )
+        .await;
         tracing::info!("ingest worker stopped fetching");
     }
 
