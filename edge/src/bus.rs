@@ -13,6 +13,7 @@ use legato_schema::{ChangeSeq, Clock, DeviceId, UserId, subject};
 use legato_store::SharedStore;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum BusError {
@@ -252,6 +253,41 @@ impl Bus {
         let w = cached.map_or(w, |(_, old)| old.max(w));
         *cached = Some((Instant::now(), w));
         Ok(ChangeSeq::through_message(w))
+    }
+
+    /// After a reconnect: returns once the server has this client's subscriptions and the
+    /// commit watermark covers every message `SYNC_IN` held at that moment — so every change
+    /// whose live frame fanout may have published while the subscriptions were missing is
+    /// committed, and a catch-up from the store finds it.
+    pub async fn covered_since_resubscribe(
+        &self,
+        shutdown: &CancellationToken,
+    ) -> Result<(), BusError> {
+        tokio::time::timeout(Duration::from_secs(5), self.client.flush())
+            .await
+            .map_err(|_| BusError::Unavailable)?
+            .map_err(|_| BusError::Unavailable)?;
+        let head = self
+            .js
+            .get_stream_no_info(subject::SYNC_IN_STREAM)
+            .await
+            .map_err(|_| BusError::Unavailable)?
+            .get_info()
+            .await
+            .map_err(|_| BusError::Unavailable)?
+            .state
+            .last_sequence;
+        loop {
+            let w = legato_runtime::nats::ingest_watermark(&self.js)
+                .await
+                .map_err(|_| BusError::Unavailable)?;
+            if w >= head {
+                return Ok(());
+            }
+            if !legato_runtime::shutdown::pause(shutdown, Duration::from_millis(50)).await {
+                return Err(BusError::Unavailable);
+            }
+        }
     }
 
     /// Requests of this user accepted into `SYNC_IN` and not yet committed.

@@ -52,6 +52,7 @@ pub struct Application {
     listener: TcpListener,
     admin_listener: TcpListener,
     state: Arc<State>,
+    broker_events: tokio::sync::mpsc::UnboundedReceiver<async_nats::Event>,
 }
 
 impl Application {
@@ -73,9 +74,12 @@ impl Application {
             .deployment_id()
             .await
             .context("reading the deployment id")?;
-        let client = legato_runtime::nats::connect(&config.nats)
-            .await
-            .context("connecting to NATS")?;
+        let (events_tx, broker_events) = tokio::sync::mpsc::unbounded_channel();
+        let client = legato_runtime::nats::connect_observed(&config.nats, move |event| {
+            let _ = events_tx.send(event);
+        })
+        .await
+        .context("connecting to NATS")?;
         let bus = bus::Bus::new(
             client,
             store.clone(),
@@ -126,6 +130,7 @@ impl Application {
             listener,
             admin_listener,
             state,
+            broker_events,
         })
     }
 
@@ -149,6 +154,11 @@ impl Application {
             self.state.health.clone(),
             shutdown.clone(),
         ));
+        let resync = tokio::spawn(resync_after_reconnects(
+            self.state.clone(),
+            self.broker_events,
+            shutdown.clone(),
+        ));
         tracing::info!(addr = %self.listener.local_addr()?, "edge listening");
         // Sessions close first (1012, in batches), then the listener stops and drains.
         let closer = {
@@ -169,8 +179,57 @@ impl Application {
         let limits = self.state.config.connection_limits();
         legato_runtime::http::serve_http1(self.listener, service, limits, shutdown).await;
         closer.await.context("closing sessions")?;
+        resync.abort();
         admin.await.context("admin server task")?;
         legato_runtime::nats::drain(self.state.bus.client()).await;
         Ok(())
+    }
+}
+
+/// Live frames published while this edge's subscriptions were gone (the broker restarted, or
+/// the connection broke) never reach its sessions, and fanout counts them as delivered. When
+/// the connection breaks, each session keeps its cursor; once the subscriptions are back and
+/// everything that could have been published meanwhile is committed, the sessions catch up
+/// from the store from that cursor. A new break while waiting starts the wait over.
+async fn resync_after_reconnects(
+    state: Arc<State>,
+    mut events: tokio::sync::mpsc::UnboundedReceiver<async_nats::Event>,
+    shutdown: CancellationToken,
+) {
+    let covered = |state: Arc<State>, shutdown: CancellationToken| async move {
+        while state
+            .bus
+            .covered_since_resubscribe(&shutdown)
+            .await
+            .is_err()
+        {
+            if !legato_runtime::shutdown::pause(&shutdown, Duration::from_millis(250)).await {
+                return false;
+            }
+        }
+        true
+    };
+    let mut waiting = None;
+    loop {
+        tokio::select! {
+            event = events.recv() => match event {
+                None => return,
+                Some(async_nats::Event::Disconnected) => {
+                    waiting = None;
+                    state.hub.broker_lost();
+                }
+                Some(async_nats::Event::Connected) if state.hub.any_lost() => {
+                    waiting = Some(Box::pin(covered(state.clone(), shutdown.clone())));
+                }
+                Some(_) => {}
+            },
+            done = async { waiting.as_mut().expect("guarded").await }, if waiting.is_some() => {
+                waiting = None;
+                if !done {
+                    return;
+                }
+                state.hub.broker_back();
+            }
+        }
     }
 }

@@ -98,7 +98,7 @@ impl EdgeMetrics {
             ws_catch_ups: IntCounterVec::new(
                 Opts::new(
                     "legato_edge_ws_catch_ups_total",
-                    "Catch-ups by cause (client request or slow consumer)",
+                    "Catch-ups by cause (client request, slow consumer, or frames lost to a broker reconnect)",
                 ),
                 &["cause"],
             )?,

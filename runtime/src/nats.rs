@@ -24,7 +24,20 @@ fn js_err(e: impl std::fmt::Display) -> BusError {
 /// Connects to NATS. The first connection is retried in the background, so a process can
 /// start before the broker; until it is up, publishes fail and readiness is red.
 pub async fn connect(config: &NatsConfig) -> Result<async_nats::Client, BusError> {
+    connect_observed(config, |_| {}).await
+}
+
+/// [`connect`], calling `on_event` with every connection event (disconnected, connected, …),
+/// in order.
+pub async fn connect_observed(
+    config: &NatsConfig,
+    on_event: impl Fn(async_nats::Event) + Send + Sync + 'static,
+) -> Result<async_nats::Client, BusError> {
     async_nats::ConnectOptions::new()
+        .event_callback(move |event| {
+            on_event(event);
+            async {}
+        })
         .name(&config.name)
         .connection_timeout(Duration::from_millis(config.connect_timeout_ms))
         .retry_on_initial_connect()

@@ -40,6 +40,10 @@ pub struct SessionLink {
     /// The highest `seq`/`lastSeq` sent to the client: a cursor it can safely resume from,
     /// since everything below it was either delivered live or read by a catch-up.
     pub delivered: AtomicU64,
+    /// `delivered` as it was when the broker connection broke (`u64::MAX`: not lost): live
+    /// frames published before the subscriptions were back never arrived, so the session
+    /// catches up from here once [`Hub::broker_back`] says so.
+    pub resync_from: AtomicU64,
 }
 
 impl SessionLink {
@@ -57,8 +61,27 @@ impl SessionLink {
             wake: Notify::new(),
             close: CancellationToken::new(),
             delivered: AtomicU64::new(0),
+            resync_from: AtomicU64::new(u64::MAX),
         };
         (Arc::new(link), rx)
+    }
+
+    /// Keeps the current cursor to catch up from after the broker comes back (the oldest one
+    /// kept wins, across repeated breaks).
+    pub fn keep_cursor(&self) {
+        let delivered = self.delivered.load(Ordering::SeqCst);
+        self.resync_from.fetch_min(delivered, Ordering::SeqCst);
+    }
+
+    /// Whether a cursor is kept for a catch-up after the broker came back.
+    pub fn lost_frames(&self) -> bool {
+        self.resync_from.load(Ordering::SeqCst) != u64::MAX
+    }
+
+    /// Marks the session to catch up and wakes it (a full queue, or frames lost).
+    pub fn lag(&self) {
+        self.lagging.store(true, Ordering::SeqCst);
+        self.wake.notify_one();
     }
 }
 
@@ -230,10 +253,7 @@ impl Hub {
             }
             match session.tx.try_send(Outbound::Delivery(delivery.clone())) {
                 Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    session.lagging.store(true, Ordering::SeqCst);
-                    session.wake.notify_one();
-                }
+                Err(mpsc::error::TrySendError::Full(_)) => session.lag(),
                 Err(mpsc::error::TrySendError::Closed(_)) => {}
             }
         }
@@ -241,18 +261,44 @@ impl Hub {
 
     /// Closes every session with 1012, `batch` at a time, `pause` apart.
     pub async fn close_all(&self, batch: usize, pause: Duration) {
-        let all: Vec<Arc<SessionLink>> = self
-            .users
-            .lock()
-            .expect("hub lock")
-            .values()
-            .flat_map(|e| e.sessions.clone())
-            .collect();
+        let all = self.sessions();
         for chunk in all.chunks(batch.max(1)) {
             for session in chunk {
                 session.close.cancel();
             }
             tokio::time::sleep(pause).await;
+        }
+    }
+}
+
+impl Hub {
+    fn sessions(&self) -> Vec<Arc<SessionLink>> {
+        self.users
+            .lock()
+            .expect("hub lock")
+            .values()
+            .flat_map(|e| e.sessions.clone())
+            .collect()
+    }
+
+    /// The broker connection broke: live frames published until the subscriptions are back
+    /// are lost to every session here. Each keeps the cursor it has now to catch up from.
+    pub fn broker_lost(&self) {
+        for link in self.sessions() {
+            link.keep_cursor();
+        }
+    }
+
+    /// Whether a session lost live frames to a broken connection and has not caught up yet.
+    pub fn any_lost(&self) -> bool {
+        self.sessions().iter().any(|link| link.lost_frames())
+    }
+
+    /// The subscriptions are back and the commit watermark covers every change whose frame
+    /// could have been lost: the sessions that lost frames catch up from their kept cursor.
+    pub fn broker_back(&self) {
+        for link in self.sessions().iter().filter(|link| link.lost_frames()) {
+            link.lag();
         }
     }
 }

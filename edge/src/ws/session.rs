@@ -284,10 +284,16 @@ where
             _ = link.close.cancelled() => break End::Shutdown,
             _ = link.wake.notified() => {
                 if link.lagging.swap(false, Ordering::SeqCst) {
-                    // Too slow for live delivery: drop the queue, read from the store instead.
+                    // Too slow for live delivery, or frames lost while the broker was away:
+                    // drop the queue, read from the store instead.
                     while rx.try_recv().is_ok() {}
-                    dispatch.observe(Event::CatchUp("slow_consumer"));
-                    let since = session.delivered();
+                    let resync_from = link.resync_from.swap(u64::MAX, Ordering::SeqCst);
+                    dispatch.observe(Event::CatchUp(if resync_from == u64::MAX {
+                        "slow_consumer"
+                    } else {
+                        "broker_reconnect"
+                    }));
+                    let since = session.delivered().min(resync_from);
                     session.catch_up(since).await
                 } else {
                     Ok(())
@@ -637,31 +643,54 @@ mod tests {
         }
     }
 
+    /// A delivery of one frame with `seq`.
+    fn delivery(seq: u64) -> Outbound {
+        use legato_schema::envelope::{DeliveredFrame, Delivery};
+        Outbound::Delivery(Arc::new(Delivery {
+            v: 1,
+            frames: vec![DeliveredFrame {
+                seq,
+                text: format!(r#"{{"type":"ENTRY_UPDATED","seq":{seq}}}"#),
+            }],
+        }))
+    }
+
     #[tokio::test(start_paused = true)]
     async fn an_overflowing_session_catches_up_from_its_last_delivered_seq() {
-        use legato_schema::envelope::{DeliveredFrame, Delivery};
         let (mut client, link, tx, _task) = start(limits()).await;
         next_text(&mut client).await;
-        let delivery = |seq: u64| {
-            Outbound::Delivery(Arc::new(Delivery {
-                v: 1,
-                frames: vec![DeliveredFrame {
-                    seq,
-                    text: format!(r#"{{"type":"ENTRY_UPDATED","seq":{seq}}}"#),
-                }],
-            }))
-        };
         tx.send(delivery(5)).await.unwrap();
         assert_eq!(next_text(&mut client).await["seq"], 5);
         // The hub found the queue full: it marks the session and wakes it.
-        link.lagging.store(true, Ordering::SeqCst);
-        link.wake.notify_one();
+        link.lag();
         let done = next_text(&mut client).await;
         assert_eq!(done["type"], "SYNC_RESPONSE");
         assert_eq!(
             done["lastSeq"], 7,
             "catch-up from the last delivered seq (5); the stub ends 2 later"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn frames_lost_to_a_broker_reconnect_are_caught_up_from_the_cursor_kept_at_the_break() {
+        let (mut client, link, tx, _task) = start(limits()).await;
+        next_text(&mut client).await;
+        tx.send(delivery(5)).await.unwrap();
+        assert_eq!(next_text(&mut client).await["seq"], 5);
+        // The connection breaks (the hub keeps every session's cursor); after the reconnect a
+        // frame arrives whose seq covers changes whose frames were lost meanwhile.
+        link.keep_cursor();
+        tx.send(delivery(9)).await.unwrap();
+        assert_eq!(next_text(&mut client).await["seq"], 9);
+        // Everything that could have been lost is committed: the hub wakes the session.
+        link.lag();
+        let done = next_text(&mut client).await;
+        assert_eq!(done["type"], "SYNC_RESPONSE");
+        assert_eq!(
+            done["lastSeq"], 7,
+            "catch-up from the cursor kept at the break (5), not the last delivered (9)"
+        );
+        assert!(!link.lost_frames(), "the kept cursor is used once");
     }
 
     #[tokio::test(start_paused = true)]
