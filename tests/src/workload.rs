@@ -322,12 +322,23 @@ impl Writer {
         state
     }
 
-    /// The answer to the mutation just sent: acknowledged, an ERROR (its text), or `None`
-    /// when the session ended or went silent.
+    /// The answer to the mutation just sent: acknowledged (committed, or durable and pending),
+    /// an ERROR (its text), or `None` when the session ended or went silent. A catch-up also
+    /// ends with a `SYNC_RESPONSE` ("Sync complete", "No new data to sync"), which the server
+    /// sends unasked when it resyncs a session (a slow consumer, a broker reconnect): taking
+    /// it for the mutation's answer would shift every later answer by one.
     async fn await_result(session: &mut WsClient) -> Option<Result<(), String>> {
         loop {
             match session.next_within(Duration::from_secs(15)).await? {
-                Ok(frame) if frame["type"] == "SYNC_RESPONSE" => return Some(Ok(())),
+                Ok(frame)
+                    if frame["type"] == "SYNC_RESPONSE"
+                        && matches!(
+                            frame["message"].as_str(),
+                            Some("Mutation applied" | "Mutation accepted")
+                        ) =>
+                {
+                    return Some(Ok(()));
+                }
                 Ok(frame) if frame["type"] == "ERROR" => {
                     return Some(Err(frame["error"].as_str().unwrap_or_default().to_owned()));
                 }
