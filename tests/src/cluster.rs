@@ -354,6 +354,14 @@ impl Cluster {
     pub async fn metric(&self, admin: SocketAddr, series: &str) -> f64 {
         crate::metric(&self.http, admin, series).await
     }
+
+    /// Waits (at most 30 s) until `series` on `admin` reaches `at_least`.
+    pub async fn wait_metric(&self, admin: SocketAddr, series: &str, at_least: f64) {
+        crate::wait_for(series, Duration::from_secs(30), || async {
+            (self.metric(admin, series).await >= at_least).then_some(())
+        })
+        .await;
+    }
 }
 
 impl Cluster {

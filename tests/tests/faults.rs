@@ -296,27 +296,18 @@ async fn a_locked_store_stalls_ingest_without_acks_and_recovers() {
     lock.execute_batch("BEGIN EXCLUSIVE")
         .expect("take the write lock");
     cluster.wait_readyz(ingest_admin, 503).await;
-    legato_tests::wait_for("store errors counted", Duration::from_secs(30), || async {
-        (cluster
-            .metric(ingest_admin, "legato_ingest_store_errors_total")
-            .await
-            >= 2.0)
-            .then_some(())
-    })
-    .await;
+    cluster
+        .wait_metric(ingest_admin, "legato_ingest_store_errors_total", 2.0)
+        .await;
     // Read only now: a batch committed just before the lock was taken is counted after its
     // commit returns; once an apply has failed on the lock, every earlier one is counted.
+    // Then one more apply must be refused before the counter is compared.
     let committed = cluster
         .metric(ingest_admin, "legato_ingest_batches_total")
         .await;
-    legato_tests::wait_for("another apply refused", Duration::from_secs(30), || async {
-        (cluster
-            .metric(ingest_admin, "legato_ingest_store_errors_total")
-            .await
-            >= 3.0)
-            .then_some(())
-    })
-    .await;
+    cluster
+        .wait_metric(ingest_admin, "legato_ingest_store_errors_total", 3.0)
+        .await;
     // Nothing is committed or acked while the store refuses writes: messages wait in the
     // consumer.
     assert_eq!(
