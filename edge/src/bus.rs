@@ -108,10 +108,11 @@ impl Bus {
             None => uuid::Uuid::new_v4().simple().to_string(),
         };
         let parts = split(request.items, self.max_envelope_bytes);
+        let part_count = parts.len();
         // Subscribe before publishing so no reply can be missed. One part (the usual case)
         // gets a literal subject: the broker inserts and removes a literal subscription
         // without scanning its match cache, which it does for every wildcard one.
-        let replies_subject = if parts.len() == 1 {
+        let replies_subject = if part_count == 1 {
             subject::done(&format!("{base}.0"))
         } else {
             format!("{}.>", subject::done(&base))
@@ -122,8 +123,8 @@ impl Bus {
             .await
             .map_err(|_| BusError::Unavailable)?;
         let subject = subject::ingest(&request.user);
-        let mut acks = Vec::with_capacity(parts.len());
-        for (n, items) in parts.iter().enumerate() {
+        let mut acks = Vec::with_capacity(part_count);
+        for (n, items) in parts.into_iter().enumerate() {
             let request_id = format!("{base}.{n}");
             let env = IngestEnvelope {
                 v: ENVELOPE_VERSION,
@@ -133,7 +134,7 @@ impl Bus {
                 session_id: request.session_id.clone(),
                 kind: request.kind,
                 received_at: request.received_at,
-                items: items.clone(),
+                items,
                 idempotency: request.idempotency.clone(),
             };
             let publish = PublishMessage::build()
@@ -164,8 +165,8 @@ impl Bus {
             })?;
         }
         let ack = started.elapsed();
-        let mut outcomes: Vec<Option<Vec<ItemOutcome>>> = vec![None; parts.len()];
-        let mut missing = parts.len();
+        let mut outcomes: Vec<Option<Vec<ItemOutcome>>> = vec![None; part_count];
+        let mut missing = part_count;
         let deadline = tokio::time::Instant::now() + self.commit_wait;
         let keyed = request.idempotency.is_some();
         let mut recheck = tokio::time::interval_at(

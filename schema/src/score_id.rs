@@ -19,6 +19,7 @@
 
 use crate::entity::EntityType;
 use serde_json::{Map, Value};
+use std::borrow::Cow;
 
 /// Which kind of item payload [`normalize_payload`] is given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,11 +49,8 @@ impl Kind {
 
 /// Id from a title and an optional composer; None when the title is empty after normalization.
 pub fn from_title(title: &str, composer: Option<&str>) -> Option<String> {
-    let title = normalize_title(title);
-    if title.is_empty() {
-        return None;
-    }
-    Some(join(&title, &normalize_composer(composer.unwrap_or(""))))
+    let (id, title_len) = joined(title, composer.unwrap_or(""));
+    (title_len > 0).then_some(id)
 }
 
 /// Normalizes an existing id; None when it is empty after trimming.
@@ -64,12 +62,19 @@ pub fn normalize_id(id: &str) -> Option<String> {
     if is_canonical(trimmed) {
         return Some(trimmed.to_owned());
     }
-    let lower = trimmed.to_lowercase();
+    // Lower-casing ASCII text moves no `|` or `-`, so ASCII ids are split as they are (the
+    // parts are lower-cased on the way into the id). Other text is lower-cased as a whole
+    // first, as the rule says, since `str::to_lowercase` depends on context (final sigma).
+    let lower = if trimmed.is_ascii() {
+        Cow::Borrowed(trimmed)
+    } else {
+        Cow::Owned(trimmed.to_lowercase())
+    };
     let (title, composer) = lower
         .split_once("||")
         .or_else(|| lower.split_once('-'))
         .unwrap_or((&lower, ""));
-    Some(join(&normalize_title(title), &normalize_composer(composer)))
+    Some(joined(title, composer).0)
 }
 
 /// Applies normalization in place to an item payload of the given kind.
@@ -115,51 +120,55 @@ pub fn piece_id(id: Option<&str>, title: Option<&str>, composer: Option<&str>) -
         .or_else(|| from_title(title?, composer))
 }
 
-fn join(title: &str, composer: &str) -> String {
-    // A `-` inside either part would make the first-`-` split ambiguous, hence `||`.
-    if title.contains('-') || composer.contains('-') {
-        format!("{title}||{composer}")
-    } else {
-        format!("{title}-{composer}")
-    }
-}
-
-fn normalize_title(title: &str) -> String {
-    let mapped: String = title
-        .to_lowercase()
-        .chars()
-        .map(|c| match c {
-            '\u{2018}' | '\u{2019}' => '\'',
-            '\u{201C}' | '\u{201D}' => '"',
-            '\u{2013}' | '\u{2014}' => '-',
-            c => c,
-        })
-        .collect();
-    collapse_whitespace(&mapped)
-}
-
-fn normalize_composer(composer: &str) -> String {
-    let mapped: String = composer
-        .to_lowercase()
-        .chars()
-        .filter(|&c| c != '.')
-        .map(|c| match c {
-            '\u{2018}' | '\u{2019}' => '\'',
-            c => c,
-        })
-        .collect();
+/// `title` and `composer` normalized and joined in one buffer, and the title part's length
+/// (which may be 0).
+fn joined(title: &str, composer: &str) -> (String, usize) {
+    let mut id = String::with_capacity(title.len() + composer.len() + 2);
+    push_part(&mut id, title, |c| match c {
+        '\u{2018}' | '\u{2019}' => Some('\''),
+        '\u{201C}' | '\u{201D}' => Some('"'),
+        '\u{2013}' | '\u{2014}' => Some('-'),
+        c => Some(c),
+    });
+    let title_len = id.len();
     // Collapsing after removing the dots means "j. s." and "j.s." become "j s" and "js".
-    let collapsed = collapse_whitespace(&mapped);
-    if collapsed.is_empty() {
-        "unknown".to_owned()
-    } else {
-        collapsed
+    push_part(&mut id, composer, |c| match c {
+        '.' => None,
+        '\u{2018}' | '\u{2019}' => Some('\''),
+        c => Some(c),
+    });
+    if id.len() == title_len {
+        id.push_str("unknown");
     }
+    // A `-` inside either part would make the first-`-` split ambiguous, hence `||`.
+    let separator = if id.contains('-') { "||" } else { "-" };
+    id.insert_str(title_len, separator);
+    (id, title_len)
 }
 
-/// Trims the ends and turns each inner run of whitespace into one ASCII space.
-fn collapse_whitespace(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
+/// Appends `part` lower-cased, each char passed through `map` (`None` drops it), with the
+/// ends trimmed and each inner run of whitespace turned into one ASCII space.
+fn push_part(out: &mut String, part: &str, map: impl Fn(char) -> Option<char>) {
+    let start = out.len();
+    let mut space = false;
+    let mut push = |c: char| {
+        let Some(c) = map(c) else { return };
+        if c.is_whitespace() {
+            space = out.len() > start;
+        } else {
+            if std::mem::take(&mut space) {
+                out.push(' ');
+            }
+            out.push(c);
+        }
+    };
+    if part.is_ascii() {
+        part.chars()
+            .map(|c| c.to_ascii_lowercase())
+            .for_each(&mut push);
+    } else {
+        part.to_lowercase().chars().for_each(&mut push);
+    }
 }
 
 /// `^score_[a-z0-9]+([-_][a-z0-9]+)*$`, ignoring case.
@@ -346,6 +355,78 @@ mod tests {
         "\u{2013}\u{2014}\u{2018}\u{2019}\u{201c}\u{201d}ÉΣİß]{0,16}"
     );
 
+    /// The rules written the plain way (lower-case, map, split on whitespace and join, each
+    /// step its own string): the oracle for the one-pass code above.
+    mod plain {
+        pub fn from_title(title: &str, composer: Option<&str>) -> Option<String> {
+            let title = title_part(title);
+            (!title.is_empty()).then(|| join(&title, &composer_part(composer.unwrap_or(""))))
+        }
+
+        pub fn normalize_id(id: &str) -> Option<String> {
+            let trimmed = id.trim();
+            if trimmed.is_empty() {
+                return None;
+            }
+            if super::is_canonical(trimmed) {
+                return Some(trimmed.to_owned());
+            }
+            let lower = trimmed.to_lowercase();
+            let (title, composer) = lower
+                .split_once("||")
+                .or_else(|| lower.split_once('-'))
+                .unwrap_or((&lower, ""));
+            Some(join(&title_part(title), &composer_part(composer)))
+        }
+
+        fn join(title: &str, composer: &str) -> String {
+            let separator = if format!("{title}{composer}").contains('-') {
+                "||"
+            } else {
+                "-"
+            };
+            format!("{title}{separator}{composer}")
+        }
+
+        fn title_part(title: &str) -> String {
+            let mapped: String = title
+                .to_lowercase()
+                .chars()
+                .map(|c| match c {
+                    '\u{2018}' | '\u{2019}' => '\'',
+                    '\u{201C}' | '\u{201D}' => '"',
+                    '\u{2013}' | '\u{2014}' => '-',
+                    c => c,
+                })
+                .collect();
+            collapse(&mapped)
+        }
+
+        fn composer_part(composer: &str) -> String {
+            let mapped: String = composer
+                .to_lowercase()
+                .replace('.', "")
+                .replace(['\u{2018}', '\u{2019}'], "'");
+            let collapsed = collapse(&mapped);
+            if collapsed.is_empty() {
+                "unknown".to_owned()
+            } else {
+                collapsed
+            }
+        }
+
+        fn collapse(s: &str) -> String {
+            s.split_whitespace().collect::<Vec<_>>().join(" ")
+        }
+    }
+
+    /// [`TEXT`] with pipes, the Kelvin sign (lower-cases to ASCII `k`) and a final-sigma
+    /// context, for comparing against [`plain`].
+    const ANY_TEXT: &str = concat!(
+        "(score_)?[a-zA-Z0-9 _.'|\\-\u{a0}\t\n\u{2013}\u{2014}\u{2018}\u{2019}\u{201c}",
+        "\u{201d}\u{212a}ÉΣİß]{0,16}(Σ|ΑΣ)?"
+    );
+
     proptest! {
         #[test]
         fn ids_from_titles_are_fixed_points_of_normalize_id(
@@ -355,6 +436,20 @@ mod tests {
             if let Some(id) = from_title(&title, composer.as_deref()) {
                 prop_assert_eq!(normalize_id(&id), Some(id.clone()));
             }
+        }
+
+        #[test]
+        fn one_pass_ids_equal_the_plain_rules(
+            title in ANY_TEXT,
+            composer in proptest::option::of(ANY_TEXT),
+        ) {
+            prop_assert_eq!(
+                from_title(&title, composer.as_deref()),
+                plain::from_title(&title, composer.as_deref())
+            );
+            prop_assert_eq!(normalize_id(&title), plain::normalize_id(&title));
+            let joined = format!("{title}||{}", composer.unwrap_or_default());
+            prop_assert_eq!(normalize_id(&joined), plain::normalize_id(&joined));
         }
 
         #[test]
