@@ -98,6 +98,17 @@ pub enum SqliteSync {
     Normal,
 }
 
+/// Who checkpoints the SQLite WAL (see `legato_store::sqlite::Checkpoint`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SqliteCheckpoint {
+    /// A thread of each process that opens the store, off the commit path.
+    #[default]
+    Background,
+    /// The commit that takes the WAL past 1,000 pages (SQLite's default).
+    Inline,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct SqliteConfig {
@@ -105,6 +116,7 @@ pub struct SqliteConfig {
     pub path: Option<PathBuf>,
     pub synchronous: SqliteSync,
     pub busy_timeout_ms: u64,
+    pub checkpoint: SqliteCheckpoint,
 }
 
 impl Default for SqliteConfig {
@@ -113,6 +125,7 @@ impl Default for SqliteConfig {
             path: None,
             synchronous: SqliteSync::Full,
             busy_timeout_ms: 5_000,
+            checkpoint: SqliteCheckpoint::Background,
         }
     }
 }

@@ -1,12 +1,13 @@
 //! Opens the configured store backend, and migrates the ScyllaDB schema.
 
 use crate::config::{
-    Backend, ScyllaConfig, ScyllaConsistency, ScyllaTablets, SqliteSync, StoreConfig,
+    Backend, ScyllaConfig, ScyllaConsistency, ScyllaTablets, SqliteCheckpoint, SqliteSync,
+    StoreConfig,
 };
 use legato_store::SharedStore;
 use legato_store::scylla::migrate::{self, MigrateError, Report};
 use legato_store::scylla::{ConsistencyLevel, ScyllaOptions, ScyllaStore, Tablets};
-use legato_store::sqlite::{SqliteOptions, SqliteStore, Synchronous};
+use legato_store::sqlite::{Checkpoint, SqliteOptions, SqliteStore, Synchronous};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +29,10 @@ pub async fn open(
                     SqliteSync::Normal => Synchronous::Normal,
                 },
                 busy_timeout: Duration::from_millis(config.sqlite.busy_timeout_ms),
+                checkpoint: match config.sqlite.checkpoint {
+                    SqliteCheckpoint::Background => Checkpoint::default(),
+                    SqliteCheckpoint::Inline => Checkpoint::Inline,
+                },
                 ..SqliteOptions::default()
             };
             Ok(Arc::new(SqliteStore::open(path, options)?))

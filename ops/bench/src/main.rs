@@ -308,14 +308,20 @@ async fn main() -> anyhow::Result<()> {
     match command {
         "throughput" => drop(throughput(&settings, &mut report).await?),
         "latency" => {
-            let (max, _) = throughput(
-                &Settings {
-                    runs: 1,
-                    ..settings
-                },
-                &mut Report::default(),
-            )
-            .await?;
+            // BENCH_MAX_RATE fixes the 100 % rate, so runs of two builds compare at one load.
+            let max = match std::env::var("BENCH_MAX_RATE")
+                .ok()
+                .and_then(|r| r.parse().ok())
+            {
+                Some(max) => max,
+                None => {
+                    let single = Settings {
+                        runs: 1,
+                        ..settings
+                    };
+                    throughput(&single, &mut Report::default()).await?.0
+                }
+            };
             latency(
                 &Settings {
                     runs: env_or("BENCH_RUNS", 3),

@@ -6,7 +6,10 @@
 //! `(clock, deleted, checksum)` is greater. When the upsert changes nothing, one read tells a
 //! duplicate from a superseded write.
 
+mod checkpoint;
 mod idempotency;
+
+pub use checkpoint::Checkpoint;
 
 use crate::{
     Claim, IdempotencyRecord, MessageWrites, Result, Store, StoreError, StoredEntity, UserStatus,
@@ -83,6 +86,7 @@ pub struct SqliteOptions {
     pub synchronous: Synchronous,
     pub busy_timeout: Duration,
     pub max_readers: usize,
+    pub checkpoint: Checkpoint,
 }
 
 impl Default for SqliteOptions {
@@ -91,6 +95,7 @@ impl Default for SqliteOptions {
             synchronous: Synchronous::Full,
             busy_timeout: Duration::from_secs(5),
             max_readers: 4,
+            checkpoint: Checkpoint::default(),
         }
     }
 }
@@ -105,6 +110,9 @@ struct Inner {
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
     deployment: String,
+    /// Stops the background checkpointer when the store is dropped.
+    _checkpointer: Option<std::sync::mpsc::Sender<()>>,
+    checkpoints: Arc<checkpoint::Counts>,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -131,6 +139,9 @@ impl SqliteStore {
                 Err(e) => return Err(unavailable(e)),
             }
         };
+        let checkpoints = Arc::default();
+        let checkpointer =
+            checkpoint::spawn(path.clone(), options.clone(), Arc::clone(&checkpoints));
         Ok(SqliteStore {
             inner: Arc::new(Inner {
                 path,
@@ -138,8 +149,19 @@ impl SqliteStore {
                 writer: Mutex::new(writer),
                 readers: Mutex::new(Vec::new()),
                 deployment,
+                _checkpointer: checkpointer,
+                checkpoints,
             }),
         })
+    }
+
+    /// Checkpoints the background checkpointer has completed: (passive, restart).
+    pub fn checkpoint_counts(&self) -> (u64, u64) {
+        let counts = &self.inner.checkpoints;
+        (
+            counts.passive.load(std::sync::atomic::Ordering::Relaxed),
+            counts.restart.load(std::sync::atomic::Ordering::Relaxed),
+        )
     }
 
     async fn write<T, F>(&self, f: F) -> Result<T>
@@ -183,6 +205,11 @@ impl SqliteStore {
 /// The writer connection with the schema in place, and the deployment id.
 fn prepare_writer(path: &Path, options: &SqliteOptions) -> rusqlite::Result<(Connection, String)> {
     let writer = connect(path, options, false)?;
+    if let Checkpoint::Background { restart_pages, .. } = options.checkpoint {
+        // A safety net only: the checkpointer keeps the WAL well under this.
+        let pages = restart_pages.saturating_mul(checkpoint::SAFETY_FACTOR);
+        writer.pragma_update(None, "wal_autocheckpoint", pages)?;
+    }
     writer.execute_batch(SCHEMA)?;
     writer.execute(
         "INSERT OR IGNORE INTO meta (key, value) VALUES ('deployment', ?1)",
@@ -501,6 +528,7 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::Ordering;
 
     crate::conformance_tests!(|| async {
         let dir = tempfile::tempdir().unwrap();
@@ -529,6 +557,91 @@ mod tests {
             });
             assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
         }
+    }
+
+    /// Writes `items` entries of 2 KB each, one message per 4 (each commit adds ~3 pages).
+    async fn write_pages(store: &SqliteStore, items: usize) {
+        let user = crate::conformance::fresh_user("ckpt");
+        for chunk in (0..items).collect::<Vec<_>>().chunks(4) {
+            let writes = chunk
+                .iter()
+                .map(|n| {
+                    let body = serde_json::json!("x".repeat(2048));
+                    crate::conformance::item(EntityType::Goal, &format!("g{n}"), 1, false, body)
+                })
+                .collect();
+            crate::conformance::apply_one(store, &user, writes).await;
+        }
+    }
+
+    /// Frames in the WAL (since it last started over), read by a checkpoint of its own.
+    fn wal_frames(path: &Path) -> i64 {
+        let conn = Connection::open(path).unwrap();
+        checkpoint::run(&conn, "PASSIVE").unwrap().log
+    }
+
+    #[tokio::test]
+    async fn the_background_checkpointer_starts_the_wal_over_off_the_commit_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let options = SqliteOptions {
+            checkpoint: Checkpoint::Background {
+                interval: Duration::from_millis(5),
+                restart_pages: 64,
+            },
+            ..SqliteOptions::default()
+        };
+        let store = SqliteStore::open(&path, options).unwrap();
+        let counts = Arc::clone(&store.inner.checkpoints);
+        // A reader on an old snapshot: the checkpointer can neither copy what came after it
+        // nor start the WAL over, and the writer goes on (it waits 10 ms at most).
+        let reader = Connection::open(&path).unwrap();
+        reader
+            .execute_batch("BEGIN; SELECT count(*) FROM meta;")
+            .unwrap();
+        // Past `restart_pages`, under the writer's own automatic checkpoint (4 × 64 pages).
+        write_pages(&store, 100).await;
+        assert_eq!(store.checkpoint_counts().1, 0);
+        reader.execute_batch("COMMIT").unwrap();
+        wait_until(
+            || counts.restart.load(Ordering::Relaxed) > 0,
+            "a RESTART checkpoint",
+        );
+        // The next commit writes the WAL from its start: it holds that commit's frames only.
+        write_pages(&store, 1).await;
+        assert!(wal_frames(&path) < 16, "{}", wal_frames(&path));
+        // The thread stops with the store, dropping its share of the counts.
+        drop(store);
+        wait_until(
+            || Arc::strong_count(&counts) == 1,
+            "the checkpointer to stop",
+        );
+    }
+
+    fn wait_until(done: impl Fn() -> bool, what: &str) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !done() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "waited 30 s for {what}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[tokio::test]
+    async fn inline_checkpoints_leave_the_wal_to_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let options = SqliteOptions {
+            checkpoint: Checkpoint::Inline,
+            ..SqliteOptions::default()
+        };
+        let store = SqliteStore::open(&path, options).unwrap();
+        write_pages(&store, 100).await;
+        // Under SQLite's 1,000-page automatic checkpoint nothing went back into the file.
+        assert!(wal_frames(&path) > 64, "{}", wal_frames(&path));
+        assert!(store.inner._checkpointer.is_none());
     }
 
     #[tokio::test]
