@@ -21,6 +21,7 @@ use legato_schema::cursor::MAX_ITEMS_PER_MESSAGE;
 use legato_schema::envelope::{
     self, Change, CommitReply, CommittedBatch, ENVELOPE_VERSION, IngestEnvelope, ItemOutcome,
 };
+use legato_schema::write::WriteItem;
 use legato_schema::{ChangeSeq, Clock, subject};
 use legato_store::{MessageWrites, OutcomeRecord, SharedStore};
 use std::sync::Arc;
@@ -43,12 +44,15 @@ pub struct Worker {
 
 struct Decoded {
     message: jetstream::Message,
+    /// The envelope without its items, which are in `items`.
     envelope: IngestEnvelope,
+    /// Shared with the store call and published to `SYNC_OUT` from here: never copied.
+    items: Arc<[WriteItem]>,
     seq: u64,
 }
 
-/// What the store applies for `decoded`: built for each attempt (the store takes it by value),
-/// so a batch's items are copied once per attempt and not kept twice.
+/// What the store applies for `decoded`, built for each attempt (the store takes it by value);
+/// the items are shared, not copied.
 fn writes(decoded: &[Decoded]) -> Vec<MessageWrites> {
     decoded
         .iter()
@@ -56,7 +60,7 @@ fn writes(decoded: &[Decoded]) -> Vec<MessageWrites> {
             user: d.envelope.user.clone(),
             message_seq: d.seq,
             device_id: d.envelope.device_id.clone(),
-            items: d.envelope.items.clone(),
+            items: Arc::clone(&d.items),
             record: d.envelope.idempotency.as_ref().map(|i| OutcomeRecord {
                 request_id: d.envelope.request_id.clone(),
                 expires_at: i.expires_at,
@@ -186,7 +190,7 @@ impl Worker {
             self.terminate(&message, "max_deliveries").await;
             return None;
         }
-        let envelope = match envelope::decode::<IngestEnvelope>(&message.payload) {
+        let mut envelope = match envelope::decode::<IngestEnvelope>(&message.payload) {
             Ok(e) => e,
             Err(e) => {
                 // Maybe from a newer edge (another envelope version) that another worker
@@ -213,6 +217,7 @@ impl Worker {
         }
         Some(Decoded {
             message,
+            items: std::mem::take(&mut envelope.items).into(),
             envelope,
             seq,
         })
@@ -299,7 +304,7 @@ impl Worker {
 
     async fn finish(&self, d: Decoded, mut outcomes: Vec<ItemOutcome>, committed_at: Clock) {
         let mut changes = Vec::new();
-        for (index, (outcome, item)) in outcomes.iter_mut().zip(&d.envelope.items).enumerate() {
+        for (index, (outcome, item)) in outcomes.iter_mut().zip(d.items.iter()).enumerate() {
             let own = ChangeSeq::new(d.seq, index).0;
             // A duplicate carrying this message's own sequence was applied by an earlier
             // delivery of this very message: it is still this message's change.
@@ -315,10 +320,7 @@ impl Worker {
             };
             self.metrics.items.with_label_values(&[label]).inc();
             if let ItemOutcome::Applied { seq } = outcome {
-                changes.push(Change {
-                    item: item.clone(),
-                    seq: *seq,
-                });
+                changes.push(Change { item, seq: *seq });
             }
         }
         if !changes.is_empty() {

@@ -73,21 +73,22 @@ pub struct CommitReply {
     pub outcomes: Vec<ItemOutcome>,
 }
 
-/// One committed change, as fanout and catch-up need it.
+/// One committed change, as fanout and catch-up need it. The publisher encodes it with the
+/// item borrowed (`Change<&WriteItem>`, the same bytes), so items are not copied for it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Change {
-    pub item: WriteItem,
+pub struct Change<I = WriteItem> {
+    pub item: I,
     pub seq: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CommittedBatch {
+pub struct CommittedBatch<I = WriteItem> {
     pub v: u32,
     pub user: UserId,
     pub origin_device: Option<DeviceId>,
     pub origin_session: Option<String>,
     pub committed_at: Clock,
-    pub changes: Vec<Change>,
+    pub changes: Vec<Change<I>>,
 }
 
 /// Rendered client frames for one user: fanout → `sync.deliver.<user>` (core NATS), with
@@ -175,6 +176,35 @@ mod tests {
     fn round_trips() {
         let e = envelope();
         assert_eq!(decode::<IngestEnvelope>(&encode(&e)), Ok(e));
+    }
+
+    #[test]
+    fn a_committed_batch_encoded_with_borrowed_items_decodes_as_the_owned_one() {
+        let e = envelope();
+        let borrowed = CommittedBatch {
+            v: ENVELOPE_VERSION,
+            user: e.user.clone(),
+            origin_device: e.device_id.clone(),
+            origin_session: Some("s".into()),
+            committed_at: Clock(7),
+            changes: vec![Change {
+                item: &e.items[0],
+                seq: 42,
+            }],
+        };
+        let owned = CommittedBatch {
+            v: borrowed.v,
+            user: borrowed.user.clone(),
+            origin_device: borrowed.origin_device.clone(),
+            origin_session: borrowed.origin_session.clone(),
+            committed_at: borrowed.committed_at,
+            changes: vec![Change {
+                item: e.items[0].clone(),
+                seq: 42,
+            }],
+        };
+        assert_eq!(encode(&borrowed), encode(&owned));
+        assert_eq!(decode::<CommittedBatch>(&encode(&borrowed)), Ok(owned));
     }
 
     #[test]

@@ -33,7 +33,8 @@ pub struct MessageWrites {
     pub user: UserId,
     pub message_seq: u64,
     pub device_id: Option<DeviceId>,
-    pub items: Vec<WriteItem>,
+    /// Shared with the caller, which keeps them for what follows the commit.
+    pub items: Arc<[WriteItem]>,
     /// Keep this message's outcomes under a request id, in the same transaction, so a retry
     /// of an idempotent request can read them (see [`Store::request_outcomes`]).
     pub record: Option<OutcomeRecord>,

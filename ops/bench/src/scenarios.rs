@@ -65,7 +65,7 @@ pub async fn raw_store(batch: usize, seconds: f64) -> anyhow::Result<f64> {
             max_skew_us: 300_000_000,
             max_item_bytes: 256 * 1024,
         };
-        let writes: Vec<WriteItem> = (first..first + batch as u64)
+        let writes: std::sync::Arc<[WriteItem]> = (first..first + batch as u64)
             .map(|n| {
                 let payload = serde_json::from_str(&entry(n, "null")).expect("valid entry");
                 let id = Value::String(format!("entry_{n}"));

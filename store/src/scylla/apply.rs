@@ -280,7 +280,7 @@ mod tests {
             user: UserId::parse(user).unwrap(),
             message_seq: seq,
             device_id: Some(DeviceId::parse("d").unwrap()),
-            items,
+            items: items.into(),
             record: None,
         }
     }
