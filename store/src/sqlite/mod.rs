@@ -69,6 +69,9 @@ ON CONFLICT (user, type, id) DO UPDATE SET
 WHERE (excluded.clock, excluded.deleted, excluded.checksum)
     > (entities.clock, entities.deleted, entities.checksum)";
 
+/// Dirty pages a write transaction may hold before SQLite spills them (128 MiB at 4 KiB).
+const WRITER_SPILL_PAGES: i64 = 32 * 1024;
+
 const COLUMNS: &str =
     "type, id, payload, clock, deleted, deleted_at, checksum, seq, device_id, committed_at";
 
@@ -205,6 +208,11 @@ impl SqliteStore {
 /// The writer connection with the schema in place, and the deployment id.
 fn prepare_writer(path: &Path, options: &SqliteOptions) -> rusqlite::Result<(Connection, String)> {
     let writer = connect(path, options, false)?;
+    // A batch of 128 messages of 100 items dirties thousands of pages. With SQLite's default
+    // 2 MB cache they are spilled into the WAL mid-transaction and written again at commit,
+    // reading frames back to redo their checksums. Dirty pages stay in memory up to the bound
+    // instead (the cache shrinks back to its size once they are written).
+    writer.pragma_update(None, "cache_spill", WRITER_SPILL_PAGES)?;
     if let Checkpoint::Background { restart_pages, .. } = options.checkpoint {
         // A safety net only: the checkpointer keeps the WAL well under this.
         let pages = restart_pages.saturating_mul(checkpoint::SAFETY_FACTOR);
