@@ -670,7 +670,8 @@ fn prepare_raw_equals_prepare_of_the_parsed_item() {
     let outcomes = outcomes.into_inner();
     eprintln!("{outcomes:?}");
     let cases = config().cases as usize;
-    assert!(outcomes["accepted"] >= cases, "{outcomes:?}");
+    // About a third of the 3 × `cases` items are accepted; half of that is far below chance.
+    assert!(outcomes["accepted"] >= cases / 2, "{outcomes:?}");
     for reason in ["MissingId", "BadDate", "TooLarge"] {
         assert!(
             outcomes.get(reason).is_some_and(|n| *n >= cases / 100),
