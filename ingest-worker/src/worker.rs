@@ -365,8 +365,12 @@ impl Worker {
         {
             tracing::debug!(error = %e, "commit reply not sent");
         }
-        if let Err(e) = d.message.double_ack().await {
-            tracing::warn!(error = %e, seq = d.seq, "ack failed; the message will be redelivered");
+        // Not awaited for the server's confirmation (`double_ack`): that round trip held up the
+        // next batch's publish (push p99 at 50 % load 15-16 ms with it, 11-13 ms without). An
+        // ack that is lost only brings the message back after `ack_wait`, which redelivery
+        // handles like any other (the store reports the write as this message's own).
+        if let Err(e) = d.message.ack().await {
+            tracing::warn!(error = %e, seq = d.seq, "ack not sent; the message will be redelivered");
         }
     }
 }
