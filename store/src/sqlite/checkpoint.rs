@@ -13,9 +13,10 @@
 //!   frames, for at most [`RESTART_WAIT`] (so a long read cannot hold up the writer), and the
 //!   next commit then writes the WAL from its start.
 //!
-//! A checkpoint that fails or finds the file busy is tried again at the next tick. The writer
-//! keeps SQLite's automatic checkpoint at [`SAFETY_FACTOR`] × `restart_pages`, so the WAL
-//! stays bounded if this thread falls behind or cannot open its connection.
+//! A checkpoint that fails or finds the file busy is tried again at the next tick (a run of
+//! failures is logged once, and its end). The writer keeps SQLite's automatic checkpoint at
+//! [`SAFETY_FACTOR`] × `restart_pages`, so the WAL stays bounded if this thread falls behind
+//! or cannot open its connection.
 
 use super::{SqliteOptions, connect};
 use rusqlite::Connection;
@@ -117,29 +118,47 @@ fn checkpoint_loop(
     stopped: &Receiver<()>,
 ) {
     let mut conn: Option<Connection> = None;
+    // Reported when it starts failing and when it recovers, not at every tick.
+    let mut failing = false;
     while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(every.interval) {
-        if conn.is_none() {
-            conn = connect(path, options, false)
-                .and_then(|c| c.busy_timeout(RESTART_WAIT).map(|()| c))
-                .inspect_err(|e| tracing::warn!(error = %e, "checkpointer cannot open the store"))
-                .ok();
-        }
-        let Some(c) = &conn else { continue };
-        let outcome = run(c, "PASSIVE").and_then(|passive| {
-            counts
-                .passive
-                .fetch_add(u64::from(!passive.busy), Ordering::Relaxed);
-            if passive.log < i64::from(every.restart_pages) {
-                return Ok(());
+        let outcome = checkpoint_once(path, options, &every, counts, &mut conn);
+        match (&outcome, failing) {
+            (Err(e), false) => {
+                tracing::warn!(error = %e, "WAL checkpoint failed; trying again every tick");
             }
-            let restart = run(c, "RESTART")?;
-            counts
-                .restart
-                .fetch_add(u64::from(!restart.busy), Ordering::Relaxed);
-            Ok(())
-        });
-        if let Err(e) = outcome {
-            tracing::warn!(error = %e, "WAL checkpoint failed; trying again");
+            (Ok(()), true) => tracing::info!("WAL checkpoints work again"),
+            _ => {}
         }
+        failing = outcome.is_err();
     }
+}
+
+/// One tick: a PASSIVE checkpoint, and a RESTART one if the WAL has grown to `restart_pages`.
+/// The connection is opened at the first tick (and at later ones until that works).
+fn checkpoint_once(
+    path: &std::path::Path,
+    options: &SqliteOptions,
+    every: &Every,
+    counts: &Counts,
+    conn: &mut Option<Connection>,
+) -> rusqlite::Result<()> {
+    let c = match conn {
+        Some(c) => c,
+        None => {
+            let c = connect(path, options, false)?;
+            c.busy_timeout(RESTART_WAIT)?;
+            conn.insert(c)
+        }
+    };
+    let passive = run(c, "PASSIVE")?;
+    counts
+        .passive
+        .fetch_add(u64::from(!passive.busy), Ordering::Relaxed);
+    if passive.log >= i64::from(every.restart_pages) {
+        let restart = run(c, "RESTART")?;
+        counts
+            .restart
+            .fetch_add(u64::from(!restart.busy), Ordering::Relaxed);
+    }
+    Ok(())
 }
