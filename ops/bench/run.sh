@@ -2,7 +2,7 @@
 # Builds the release binaries and runs the benchmark harness against them.
 #   ops/bench/run.sh [all|throughput|latency|propagation|idle|fanout]
 # Environment: BENCH_RUNS (3), BENCH_SECONDS (3), BENCH_SESSIONS (10000), BENCH_PROCESSES (4);
-# BENCH_ONLY=100x128,1x64 runs only those throughput shapes; BENCH_MAX_RATE=6000 gives
+# BENCH_ONLY=100x128,1x64 runs only those throughput shapes; BENCH_MAX_RATE=7700 gives
 # `latency` its 100 % rate instead of measuring it.
 set -euo pipefail
 cd "$(dirname "$0")/../.."

@@ -101,6 +101,9 @@ pub fn spawn(path: PathBuf, options: SqliteOptions, counts: Arc<Counts>) -> Opti
             };
             checkpoint_loop(&path, &options, every, &counts, &stopped)
         })
+        .inspect_err(|e| {
+            tracing::warn!(error = %e, "no checkpointer thread; commits checkpoint the WAL");
+        })
         .ok()?;
     Some(stop)
 }
@@ -130,11 +133,15 @@ fn checkpoint_loop(
             _ => {}
         }
         failing = outcome.is_err();
+        if failing {
+            // Opened again at the next tick, in case this one is what went wrong.
+            conn = None;
+        }
     }
 }
 
 /// One tick: a PASSIVE checkpoint, and a RESTART one if the WAL has grown to `restart_pages`.
-/// The connection is opened at the first tick (and at later ones until that works).
+/// The connection is opened at the first tick and after a failure.
 fn checkpoint_once(
     path: &std::path::Path,
     options: &SqliteOptions,
