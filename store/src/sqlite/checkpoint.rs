@@ -74,16 +74,13 @@ pub fn run(conn: &Connection, mode: &str) -> rusqlite::Result<Report> {
     })
 }
 
-/// Checkpoints the background thread has completed, by mode.
-#[derive(Debug, Default)]
-pub struct Counts {
-    pub passive: AtomicU64,
-    pub restart: AtomicU64,
-}
-
-/// Starts the checkpointer for the file at `path`; it stops when the returned sender is
-/// dropped (with the store).
-pub fn spawn(path: PathBuf, options: SqliteOptions, counts: Arc<Counts>) -> Option<Sender<()>> {
+/// Starts the checkpointer for the file at `path`, counting the RESTART checkpoints it completes
+/// in `restarts`; it stops when the returned sender is dropped (with the store).
+pub fn spawn(
+    path: PathBuf,
+    options: SqliteOptions,
+    restarts: Arc<AtomicU64>,
+) -> Option<Sender<()>> {
     let Checkpoint::Background {
         interval,
         restart_pages,
@@ -95,11 +92,14 @@ pub fn spawn(path: PathBuf, options: SqliteOptions, counts: Arc<Counts>) -> Opti
     std::thread::Builder::new()
         .name("sqlite-checkpoint".into())
         .spawn(move || {
-            let every = Every {
+            checkpoint_loop(
+                &path,
+                &options,
                 interval,
                 restart_pages,
-            };
-            checkpoint_loop(&path, &options, every, &counts, &stopped)
+                &restarts,
+                &stopped,
+            )
         })
         .inspect_err(|e| {
             tracing::warn!(error = %e, "no checkpointer thread; commits checkpoint the WAL");
@@ -108,23 +108,19 @@ pub fn spawn(path: PathBuf, options: SqliteOptions, counts: Arc<Counts>) -> Opti
     Some(stop)
 }
 
-struct Every {
-    interval: Duration,
-    restart_pages: u32,
-}
-
 fn checkpoint_loop(
     path: &std::path::Path,
     options: &SqliteOptions,
-    every: Every,
-    counts: &Counts,
+    interval: Duration,
+    restart_pages: u32,
+    restarts: &AtomicU64,
     stopped: &Receiver<()>,
 ) {
     let mut conn: Option<Connection> = None;
     // Reported when it starts failing and when it recovers, not at every tick.
     let mut failing = false;
-    while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(every.interval) {
-        let outcome = checkpoint_once(path, options, &every, counts, &mut conn);
+    while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(interval) {
+        let outcome = checkpoint_once(path, options, restart_pages, restarts, &mut conn);
         match (&outcome, failing) {
             (Err(e), false) => {
                 tracing::warn!(error = %e, "WAL checkpoint failed; trying again every tick");
@@ -145,8 +141,8 @@ fn checkpoint_loop(
 fn checkpoint_once(
     path: &std::path::Path,
     options: &SqliteOptions,
-    every: &Every,
-    counts: &Counts,
+    restart_pages: u32,
+    restarts: &AtomicU64,
     conn: &mut Option<Connection>,
 ) -> rusqlite::Result<()> {
     let c = match conn {
@@ -158,14 +154,9 @@ fn checkpoint_once(
         }
     };
     let passive = run(c, "PASSIVE")?;
-    counts
-        .passive
-        .fetch_add(u64::from(!passive.busy), Ordering::Relaxed);
-    if passive.log >= i64::from(every.restart_pages) {
+    if passive.log >= i64::from(restart_pages) {
         let restart = run(c, "RESTART")?;
-        counts
-            .restart
-            .fetch_add(u64::from(!restart.busy), Ordering::Relaxed);
+        restarts.fetch_add(u64::from(!restart.busy), Ordering::Relaxed);
     }
     Ok(())
 }
