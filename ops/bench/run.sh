@@ -3,7 +3,7 @@
 #   ops/bench/run.sh [all|throughput|latency|propagation|idle|fanout]
 # Environment: BENCH_RUNS (3), BENCH_SECONDS (3), BENCH_SESSIONS (10000), BENCH_PROCESSES (4);
 # BENCH_ONLY=100x128,1x64 runs only those throughput shapes; BENCH_MAX_RATE=7700 gives
-# `latency` its 100 % rate instead of measuring it.
+# `latency` its 100 % rate instead of measuring it; BENCH_LOADS=50 runs only that load.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . ops/lib.sh

@@ -14,6 +14,7 @@ mod stats;
 use cluster::Cluster;
 use scenarios::report_ms;
 use stats::median;
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -81,11 +82,19 @@ fn commit() -> String {
     format!("{head}{dirty}")
 }
 
+/// CPU seconds per process during one run of a throughput shape, with the shape's clients
+/// and the run's rate (entries/s).
+struct CpuSplit {
+    concurrency: usize,
+    rate: f64,
+    used: Vec<(String, f64)>,
+}
+
 async fn throughput(s: &Settings, report: &mut Report) -> anyhow::Result<(f64, f64)> {
     let mut store_rates = Vec::new();
     let mut js_rates = Vec::new();
-    // CPU seconds per process during the last batch-100 shape of the sweep.
-    let mut cpu: (usize, Vec<(String, f64)>) = (0, Vec::new());
+    // Per batch size (1 and 100): the CPU split of the last run of its last shape.
+    let mut cpu: BTreeMap<usize, CpuSplit> = BTreeMap::new();
     let mut rows: Vec<(usize, usize, Vec<f64>)> = Vec::new();
     // `BENCH_ONLY=100x64,10x8` restricts the sweep (for profiling one shape).
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
@@ -103,19 +112,27 @@ async fn throughput(s: &Settings, report: &mut Report) -> anyhow::Result<(f64, f
     for _ in 0..s.runs {
         store_rates.push(scenarios::raw_store(100, s.seconds).await?);
         let cluster = Cluster::start(&scenarios::shape(1)).await?;
-        js_rates.push(scenarios::raw_jetstream(&cluster.nats_url, 256, s.seconds).await?);
+        js_rates.push(scenarios::raw_jetstream(&cluster, 256, s.seconds).await?);
         for (batch, concurrency, rates) in rows.iter_mut() {
             let before = cluster::cpu_seconds(&cluster);
             rates
                 .push(scenarios::push_throughput(&cluster, *batch, *concurrency, s.seconds).await?);
-            if *batch == 100 {
+            if *batch == 1 || *batch == 100 {
                 let after = cluster::cpu_seconds(&cluster);
-                cpu.0 = *concurrency;
-                cpu.1 = before
+                let used = before
                     .iter()
                     .zip(after)
                     .map(|((name, b), (_, a))| (name.clone(), a - b))
                     .collect();
+                let rate = rates.last().copied().unwrap_or(0.0);
+                cpu.insert(
+                    *batch,
+                    CpuSplit {
+                        concurrency: *concurrency,
+                        rate,
+                        used,
+                    },
+                );
             }
         }
     }
@@ -149,21 +166,35 @@ async fn throughput(s: &Settings, report: &mut Report) -> anyhow::Result<(f64, f
             requests / js
         )?;
     }
-    writeln!(
-        table,
-        "\nWhere the CPU went during the last 100 × {} run ({:.1} s on 2 cores):\n",
-        cpu.0, s.seconds
-    )?;
-    writeln!(
-        table,
-        "| process | CPU s | share of the machine |\n|---|---:|---:|"
-    )?;
-    for (name, seconds) in &cpu.1 {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    for (
+        batch,
+        CpuSplit {
+            concurrency,
+            rate,
+            used,
+        },
+    ) in &cpu
+    {
         writeln!(
             table,
-            "| {name} | {seconds:.2} | {:.0} % |",
-            100.0 * seconds / (2.0 * s.seconds)
+            "\nWhere the CPU went during the last {batch} × {concurrency} run ({:.1} s on {cores} cores, {rate:.0} entries/s):\n",
+            s.seconds
         )?;
+        writeln!(
+            table,
+            "| process | CPU s | share of the machine | CPU µs per request | CPU µs per entry |\n|---|---:|---:|---:|---:|"
+        )?;
+        let entries = rate * s.seconds;
+        for (name, seconds) in used {
+            let per_entry = 1e6 * seconds / entries;
+            writeln!(
+                table,
+                "| {name} | {seconds:.2} | {:.0} % | {:.1} | {per_entry:.2} |",
+                100.0 * seconds / (cores * s.seconds),
+                per_entry * *batch as f64
+            )?;
+        }
     }
     report.add("Push throughput", table);
     Ok((best, store))
@@ -173,7 +204,13 @@ async fn latency(s: &Settings, max_rate: f64, report: &mut Report) -> anyhow::Re
     let mut table = String::from(
         "| load | rate (req/s) | p50 ms | p90 ms | p99 ms | failed |\n|---:|---:|---:|---:|---:|---:|\n",
     );
-    for share in [0.1, 0.5, 0.9] {
+    // `BENCH_LOADS=50` measures only that share of the maximum (for A/B comparisons).
+    let only = std::env::var("BENCH_LOADS").unwrap_or_default();
+    for percent in [10u32, 50, 90] {
+        if !only.is_empty() && !only.split(',').any(|l| l == percent.to_string()) {
+            continue;
+        }
+        let share = f64::from(percent) / 100.0;
         let rate = (max_rate * share).max(1.0);
         let mut p50 = Vec::new();
         let mut p90 = Vec::new();
@@ -189,8 +226,7 @@ async fn latency(s: &Settings, max_rate: f64, report: &mut Report) -> anyhow::Re
         }
         writeln!(
             table,
-            "| {:.0} % | {rate:.0} | {:.2} | {:.2} | {:.2} | {failed} |",
-            share * 100.0,
+            "| {percent} % | {rate:.0} | {:.2} | {:.2} | {:.2} | {failed} |",
             median(&mut p50),
             median(&mut p90),
             median(&mut p99)

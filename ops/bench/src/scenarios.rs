@@ -95,8 +95,12 @@ pub async fn raw_store(batch: usize, seconds: f64) -> anyhow::Result<f64> {
 }
 
 /// Raw JetStream publish+ack rate (file storage, 1 KiB messages, `inflight` outstanding).
-pub async fn raw_jetstream(nats_url: &str, inflight: usize, seconds: f64) -> anyhow::Result<f64> {
-    let client = async_nats::connect(nats_url).await?;
+pub async fn raw_jetstream(
+    cluster: &Cluster,
+    inflight: usize,
+    seconds: f64,
+) -> anyhow::Result<f64> {
+    let client = async_nats::connect(&cluster.nats_url).await?;
     let js = async_nats::jetstream::new(client);
     let _ = js.delete_stream("BENCH_RAW").await;
     js.create_stream(async_nats::jetstream::stream::Config {
@@ -128,7 +132,12 @@ pub async fn raw_jetstream(nats_url: &str, inflight: usize, seconds: f64) -> any
         acked += 1;
     }
     let rate = acked as f64 / started.elapsed().as_secs_f64();
-    let _ = js.delete_stream("BENCH_RAW").await;
+    let files = cluster.nats_stream_dir("BENCH_RAW");
+    anyhow::ensure!(files.is_dir(), "no stream files at {}", files.display());
+    js.delete_stream("BENCH_RAW").await?;
+    // nats-server removes the stream's files in the background after answering; hundreds of
+    // MB of them took a noticeable share of the machine while the pipeline was measured.
+    cluster.wait_removed(&files).await?;
     Ok(rate)
 }
 
