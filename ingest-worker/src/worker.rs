@@ -323,13 +323,7 @@ impl Worker {
                 changes.push(Change { item, seq: *seq });
             }
         }
-        // The publish goes out first and the reply right behind it, without waiting for the
-        // publish's confirmation: the commit the reply reports is already durable in the
-        // store, and the round trip through the stream held every answer up (push p99 at
-        // 50 % load: see docs/BENCHMARKS.md). Only the ack waits for the confirmation.
-        let published = if changes.is_empty() {
-            None
-        } else {
+        if !changes.is_empty() {
             let batch = CommittedBatch {
                 v: ENVELOPE_VERSION,
                 user: d.envelope.user.clone(),
@@ -341,12 +335,20 @@ impl Worker {
             let publish = PublishMessage::build()
                 .payload(Bytes::from(envelope::encode(&batch)))
                 .message_id(format!("out-{}", d.seq));
-            Some(
-                self.js
-                    .send_publish(subject::committed(&d.envelope.user), publish)
-                    .await,
-            )
-        };
+            let acked = match self
+                .js
+                .send_publish(subject::committed(&d.envelope.user), publish)
+                .await
+            {
+                Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(e) = acked {
+                // Not acked: the message comes back and is published again.
+                tracing::warn!(error = %e, seq = d.seq, "publish to SYNC_OUT failed");
+                return;
+            }
+        }
         let reply = CommitReply {
             v: ENVELOPE_VERSION,
             request_id: d.envelope.request_id.clone(),
@@ -362,16 +364,6 @@ impl Worker {
             .await
         {
             tracing::debug!(error = %e, "commit reply not sent");
-        }
-        let confirmed = match published {
-            None => Ok(()),
-            Some(Ok(ack)) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
-            Some(Err(e)) => Err(e.to_string()),
-        };
-        if let Err(e) = confirmed {
-            // Not acked: the message comes back and is published again.
-            tracing::warn!(error = %e, seq = d.seq, "publish to SYNC_OUT failed");
-            return;
         }
         // Not awaited for the server's confirmation (`double_ack`): that round trip held up the
         // next batch's publish (push p99 at 50 % load 15-16 ms with it, 11-13 ms without). An
