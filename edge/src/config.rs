@@ -28,6 +28,10 @@ pub struct EdgeConfig {
 pub struct WsConfig {
     /// Per edge: a user with this many sessions here gets 429 for the next one.
     pub max_sessions_per_user: usize,
+    /// Per edge, all users: past it an upgrade gets 503 with `Retry-After` (clients go to
+    /// another edge, or come back). Every session holds a socket: keep this plus
+    /// `limits.max_connections` below the process's open-file limit.
+    pub max_sessions: usize,
     /// Larger frames close the session with 1009.
     pub max_frame_bytes: usize,
     /// A session with no frame from the client for this long is closed with 1001.
@@ -58,6 +62,7 @@ impl Default for WsConfig {
     fn default() -> Self {
         WsConfig {
             max_sessions_per_user: 32,
+            max_sessions: 50_000,
             max_frame_bytes: 1024 * 1024,
             idle_timeout_secs: 90,
             write_timeout_secs: 30,
@@ -115,8 +120,9 @@ pub struct Limits {
     pub max_envelope_bytes: usize,
     /// HTTP connections served at once on the main port. Past it the edge stops accepting and
     /// new connections wait in the kernel's listen backlog until one closes. A connection
-    /// upgraded to a WebSocket session no longer counts (sessions are capped per user by
-    /// `ws.max_sessions_per_user`). Keep it, plus the sessions, below the open-file limit.
+    /// upgraded to a WebSocket session no longer counts (sessions are capped by
+    /// `ws.max_sessions` and `ws.max_sessions_per_user`). Keep it, plus `ws.max_sessions`,
+    /// below the open-file limit.
     pub max_connections: usize,
     /// Connections the kernel queues on the main port until the edge accepts them (capped by
     /// `net.core.somaxconn`): a burst of connects, such as a reconnect storm, or connections

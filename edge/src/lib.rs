@@ -115,6 +115,7 @@ impl Application {
                     bus.client().clone(),
                     config.ws.outbound_queue,
                     config.ws.max_sessions_per_user,
+                    config.ws.max_sessions,
                 ),
                 sessions: tokio_util::task::TaskTracker::new(),
                 auth: auth::Authenticator::new(&config.auth),

@@ -115,24 +115,26 @@ async fn the_upgrade_is_refused_with_the_documented_answers() {
     let p = Pipeline::start(PipelineOptions {
         ws: legato_edge::config::WsConfig {
             max_sessions_per_user: 2,
+            max_sessions: 3,
             ..Default::default()
         },
         ..Default::default()
     })
     .await;
     let url = |q: &str| format!("ws://{}/sync/ws?{q}", p.edge_addr);
-    let refused = |q: String| async move {
+    let refusal = |q: String| async move {
         match tokio_tungstenite::connect_async(q).await {
-            Err(tokio_tungstenite::tungstenite::Error::Http(r)) => {
-                let body: Value =
-                    serde_json::from_slice(r.body().as_deref().unwrap_or_default()).unwrap();
-                (
-                    r.status().as_u16(),
-                    body["error"].as_str().unwrap().to_owned(),
-                )
-            }
+            Err(tokio_tungstenite::tungstenite::Error::Http(r)) => r,
             other => panic!("expected a refusal, got {other:?}"),
         }
+    };
+    let refused = |q: String| async move {
+        let r = refusal(q).await;
+        let body: Value = serde_json::from_slice(r.body().as_deref().unwrap_or_default()).unwrap();
+        (
+            r.status().as_u16(),
+            body["error"].as_str().unwrap().to_owned(),
+        )
     };
     assert_eq!(
         refused(url("userId=u1")).await,
@@ -153,6 +155,24 @@ async fn the_upgrade_is_refused_with_the_documented_answers() {
         refused(url(&format!("userId=u1&token={token}"))).await,
         (429, "Too many sessions for this user".into())
     );
+    // The edge's own cap (3 here) counts every user's sessions.
+    let _three = WsClient::connect(p.edge_addr, "u3", None).await;
+    let u4 = |token: String| url(&format!("userId=u4&token={token}"));
+    let full = refusal(u4(Pipeline::token("u4"))).await;
+    assert_eq!(full.status(), 503);
+    assert_eq!(full.headers()["retry-after"], "5");
+    assert_eq!(
+        refused(u4(Pipeline::token("u4"))).await,
+        (503, "Too many sessions on this server".into())
+    );
+    // A session that ends frees its place.
+    drop(_three);
+    legato_tests::wait_for(
+        "the closed session's place",
+        std::time::Duration::from_secs(10),
+        || async { WsClient::try_connect(p.edge_addr, "u4", None).await.ok() },
+    )
+    .await;
     // A plain GET without the upgrade headers.
     let plain = p
         .http

@@ -89,6 +89,8 @@ impl SessionLink {
 pub enum RegisterError {
     #[error("too many sessions for this user")]
     TooMany,
+    #[error("this edge holds as many sessions as it may")]
+    Full,
     #[error("broker unavailable")]
     Unavailable,
 }
@@ -103,27 +105,41 @@ struct UserEntry {
     pump: Option<tokio::task::AbortHandle>,
 }
 
+/// The sessions of every user, and how many there are in all.
+#[derive(Default)]
+struct Users {
+    by_user: HashMap<UserId, UserEntry>,
+    sessions: usize,
+}
+
 pub struct Hub {
     client: async_nats::Client,
-    users: Mutex<HashMap<UserId, UserEntry>>,
+    users: Mutex<Users>,
     instance: String,
     next_session: AtomicU64,
     queue: usize,
     max_per_user: usize,
+    max_sessions: usize,
     this: Weak<Hub>,
 }
 
 const SUBSCRIBE_WAIT: Duration = Duration::from_secs(5);
 
 impl Hub {
-    pub fn new(client: async_nats::Client, queue: usize, max_per_user: usize) -> Arc<Hub> {
+    pub fn new(
+        client: async_nats::Client,
+        queue: usize,
+        max_per_user: usize,
+        max_sessions: usize,
+    ) -> Arc<Hub> {
         Arc::new_cyclic(|this| Hub {
             client,
-            users: Mutex::new(HashMap::new()),
+            users: Mutex::default(),
             instance: uuid::Uuid::new_v4().simple().to_string()[..12].to_owned(),
             next_session: AtomicU64::new(1),
             queue,
             max_per_user,
+            max_sessions,
             this: this.clone(),
         })
     }
@@ -139,17 +155,26 @@ impl Hub {
         let (link, rx) = SessionLink::new(format!("{}-{n}", self.instance), device, self.queue);
         let (mut ready, subscribe) = {
             let mut users = self.users.lock().expect("hub lock");
-            match users.get_mut(user) {
+            let users = &mut *users;
+            let entry = users.by_user.get_mut(user);
+            if entry
+                .as_ref()
+                .is_some_and(|e| e.sessions.len() >= self.max_per_user)
+            {
+                return Err(RegisterError::TooMany);
+            }
+            if users.sessions >= self.max_sessions {
+                return Err(RegisterError::Full);
+            }
+            users.sessions += 1;
+            match entry {
                 Some(entry) => {
-                    if entry.sessions.len() >= self.max_per_user {
-                        return Err(RegisterError::TooMany);
-                    }
                     entry.sessions.push(link.clone());
                     (entry.ready.clone(), None)
                 }
                 None => {
                     let (tx, rx) = watch::channel(false);
-                    users.insert(
+                    users.by_user.insert(
                         user.clone(),
                         UserEntry {
                             sessions: vec![link.clone()],
@@ -165,7 +190,7 @@ impl Hub {
             match self.subscribe(user).await {
                 Ok(pump) => {
                     let mut users = self.users.lock().expect("hub lock");
-                    match users.get_mut(user) {
+                    match users.by_user.get_mut(user) {
                         Some(entry) => entry.pump = Some(pump),
                         // Everyone left while we subscribed.
                         None => pump.abort(),
@@ -189,13 +214,16 @@ impl Hub {
     /// Removes a session; the last one of a user ends the user's subscriptions.
     pub fn unregister(&self, user: &UserId, link: &Arc<SessionLink>) {
         let mut users = self.users.lock().expect("hub lock");
-        if let Some(entry) = users.get_mut(user) {
+        let users = &mut *users;
+        if let Some(entry) = users.by_user.get_mut(user) {
+            let before = entry.sessions.len();
             entry.sessions.retain(|s| !Arc::ptr_eq(s, link));
+            users.sessions -= before - entry.sessions.len();
             if entry.sessions.is_empty() {
                 if let Some(pump) = &entry.pump {
                     pump.abort();
                 }
-                users.remove(user);
+                users.by_user.remove(user);
             }
         }
     }
@@ -204,6 +232,7 @@ impl Hub {
         self.users
             .lock()
             .expect("hub lock")
+            .by_user
             .get(user)
             .map_or(0, |e| e.sessions.len())
     }
@@ -231,6 +260,7 @@ impl Hub {
         self.users
             .lock()
             .expect("hub lock")
+            .by_user
             .get(user)
             .map(|e| e.sessions.clone())
             .unwrap_or_default()
@@ -276,6 +306,7 @@ impl Hub {
         self.users
             .lock()
             .expect("hub lock")
+            .by_user
             .values()
             .flat_map(|e| e.sessions.clone())
             .collect()

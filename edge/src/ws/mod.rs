@@ -44,6 +44,15 @@ fn refuse(state: &State, status: StatusCode, error: &str) -> Response {
     response
 }
 
+/// [`refuse`], with `Retry-After`: the client may come back (or go to another edge).
+fn refuse_for_now(state: &State, status: StatusCode, error: &str) -> Response {
+    let mut response = refuse(state, status, error);
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    response
+}
+
 fn header_is(req: &Request<Incoming>, name: header::HeaderName, token: &str) -> bool {
     req.headers()
         .get_all(name)
@@ -115,15 +124,18 @@ pub async fn upgrade(state: Arc<State>, mut req: Request<Incoming>) -> Response 
     let (link, rx) = match state.hub.register(&subject, device).await {
         Ok(pair) => pair,
         Err(RegisterError::TooMany) => {
-            let mut response = refuse(
+            return refuse_for_now(
                 &state,
                 StatusCode::TOO_MANY_REQUESTS,
                 "Too many sessions for this user",
             );
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
-            return response;
+        }
+        Err(RegisterError::Full) => {
+            return refuse_for_now(
+                &state,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Too many sessions on this server",
+            );
         }
         Err(RegisterError::Unavailable) => {
             return refuse(
