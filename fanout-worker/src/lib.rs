@@ -152,7 +152,7 @@ async fn publish_loop(
     config: &FanoutConfig,
     consumer: &async_nats::jetstream::consumer::PullConsumer,
     fanout: &worker::Fanout,
-    published: tokio::sync::mpsc::Sender<Vec<worker::Received>>,
+    published: tokio::sync::mpsc::Sender<Vec<async_nats::jetstream::Message>>,
     shutdown: &CancellationToken,
 ) {
     while !shutdown.is_cancelled() {
@@ -165,23 +165,30 @@ async fn publish_loop(
             }
             nats::Fetched::Failed | nats::Fetched::Stopped => break,
         };
-        let mut received = Vec::with_capacity(messages.len());
-        for message in messages {
-            if let Some(r) = fanout.decode(message).await {
-                received.push(r);
-            }
-        }
-        if received.is_empty() {
+        // The batches are read in place: rendering borrows their payloads from the messages.
+        let views = fanout.decode(&messages).await;
+        let batches: Vec<_> = views.iter().flatten().collect();
+        if batches.is_empty() {
             continue;
         }
-        match fanout.publish(received).await {
-            Some(batch) => {
+        let sent = fanout.publish(&batches).await;
+        let decoded: Vec<bool> = views.iter().map(Option::is_some).collect();
+        drop(batches);
+        drop(views);
+        match sent {
+            true => {
+                // The undecodable ones are terminated already.
+                let batch = messages
+                    .into_iter()
+                    .zip(decoded)
+                    .filter_map(|(message, decoded)| decoded.then_some(message))
+                    .collect();
                 if published.send(batch).await.is_err() {
                     break;
                 }
             }
-            None if pause(shutdown, Duration::from_millis(100)).await => {}
-            None => break,
+            false if pause(shutdown, Duration::from_millis(100)).await => {}
+            false => break,
         }
     }
 }

@@ -17,7 +17,8 @@ use bytes::Bytes;
 use legato_runtime::nats::{self, DeliverySample};
 use legato_runtime::shutdown::pause;
 use legato_schema::envelope::{
-    self, CommittedBatch, DeliveredFrame, Delivery, ENVELOPE_VERSION, ORIGIN_DEVICE, ORIGIN_SESSION,
+    self, CommittedBatch, DeliveredFrame, Delivery, ENVELOPE_VERSION, ItemView, ORIGIN_DEVICE,
+    ORIGIN_SESSION,
 };
 use legato_schema::{ChangeSeq, Clock, EntityType, UserId, subject, ws};
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -65,16 +66,13 @@ impl DeliveryWatermark {
     }
 }
 
-/// One decoded message and the batch it carried.
-pub struct Received {
-    pub message: jetstream::Message,
-    pub batch: CommittedBatch,
-}
+/// A committed batch as fanout reads it: borrowed from its message (see [`ItemView`]).
+pub type View<'a> = CommittedBatch<ItemView<'a>>;
 
 /// Who a delivery goes to and which device and session it came from.
 type Origin<'a> = (&'a UserId, Option<&'a str>, Option<&'a str>);
 /// The latest change of one entity in a batch: its seq, origin, and where it is
-/// (message index, change index).
+/// (batch index, change index).
 type Latest<'a> = (u64, Origin<'a>, usize, usize);
 
 impl Fanout {
@@ -122,35 +120,41 @@ impl Fanout {
             .map_or(ChangeSeq(0), ChangeSeq::through_message)
     }
 
-    /// Decodes a fetched message; undecodable ones are terminated and counted.
-    pub async fn decode(&self, message: jetstream::Message) -> Option<Received> {
-        match envelope::decode::<CommittedBatch>(&message.payload) {
-            Ok(batch) => Some(Received { message, batch }),
-            Err(e) => {
-                self.metrics.undecodable.inc();
-                tracing::error!(error = %e, "undecodable committed batch; terminating");
-                let _ = message.ack_with(AckKind::Term).await;
-                None
-            }
+    /// Reads fetched messages in place; undecodable ones are terminated and counted, and
+    /// stand as `None`.
+    pub async fn decode<'a>(&self, messages: &'a [jetstream::Message]) -> Vec<Option<View<'a>>> {
+        let mut views = Vec::with_capacity(messages.len());
+        for message in messages {
+            let view = match envelope::decode_borrowed::<View>(&message.payload) {
+                Ok(view) => Some(view),
+                Err(e) => {
+                    self.metrics.undecodable.inc();
+                    tracing::error!(error = %e, "undecodable committed batch; terminating");
+                    let _ = message.ack_with(AckKind::Term).await;
+                    None
+                }
+            };
+            views.push(view);
         }
+        views
     }
 
-    /// Publishes the deliveries for `received`; they are acked by [`confirm`]. `None` when a
-    /// publish failed (the messages stay unacked and come back).
-    pub async fn publish(&self, received: Vec<Received>) -> Option<Vec<Received>> {
+    /// Publishes the deliveries for `batches`; their messages are acked by [`confirm`]. False
+    /// when a publish failed (the messages stay unacked and come back).
+    pub async fn publish(&self, batches: &[&View<'_>]) -> bool {
         let watermark = self.watermark();
         // Keep only the latest change per entity: later ones carry the full state.
         let mut latest: HashMap<(&UserId, EntityType, &str), Latest<'_>> = HashMap::new();
-        for (m, r) in received.iter().enumerate() {
-            self.metrics.changes.inc_by(r.batch.changes.len() as u64);
+        for (m, batch) in batches.iter().enumerate() {
+            self.metrics.changes.inc_by(batch.changes.len() as u64);
             let origin = (
-                &r.batch.user,
-                r.batch.origin_device.as_ref().map(|d| d.as_str()),
-                r.batch.origin_session.as_deref(),
+                &batch.user,
+                batch.origin_device.as_ref().map(|d| d.as_str()),
+                batch.origin_session.as_deref(),
             );
-            for (c, change) in r.batch.changes.iter().enumerate() {
+            for (c, change) in batch.changes.iter().enumerate() {
                 let key = (
-                    &r.batch.user,
+                    &batch.user,
                     change.item.entity_type,
                     change.item.id.as_str(),
                 );
@@ -168,14 +172,14 @@ impl Fanout {
         }
         let mut deliveries: BTreeMap<Origin<'_>, Vec<(u64, DeliveredFrame)>> = BTreeMap::new();
         for (seq, origin, m, c) in latest.into_values() {
-            let batch = &received[m].batch;
+            let batch = batches[m];
             let change = &batch.changes[c];
             let visible = seq.min(watermark.0);
             let item = &change.item;
             if let Some(text) = ws::render_change(
                 item.entity_type,
                 item.id.as_str(),
-                &item.payload,
+                item.payload,
                 item.deleted,
                 visible,
                 batch.committed_at,
@@ -207,22 +211,22 @@ impl Fanout {
                 .await
             {
                 tracing::warn!(error = %e, "publishing a delivery failed");
-                return None;
+                return false;
             }
             self.metrics.deliveries.inc();
         }
         let now = Clock::now();
-        for r in &received {
-            let lag = (now.as_micros() - r.batch.committed_at.as_micros()).max(0) as f64 / 1e6;
+        for batch in batches {
+            let lag = (now.as_micros() - batch.committed_at.as_micros()).max(0) as f64 / 1e6;
             self.metrics.lag_seconds.observe(lag);
         }
-        Some(received)
+        true
     }
 }
 
 /// Acks batches whose deliveries [`Fanout::publish`] sent, once the broker has them (a flush);
 /// false when it could not be reached (the batches stay unacked and come back).
-pub async fn confirm(client: &async_nats::Client, published: Vec<Received>) -> bool {
+pub async fn confirm(client: &async_nats::Client, published: Vec<jetstream::Message>) -> bool {
     // Bounded: a flush waits for the broker, which may be gone; unacked batches come back.
     match tokio::time::timeout(Duration::from_secs(5), client.flush()).await {
         Ok(Ok(())) => {}
@@ -235,8 +239,8 @@ pub async fn confirm(client: &async_nats::Client, published: Vec<Received>) -> b
             return false;
         }
     }
-    for r in &published {
-        if let Err(e) = r.message.ack().await {
+    for message in &published {
+        if let Err(e) = message.ack().await {
             tracing::warn!(error = %e, "ack failed; the batch will be delivered again");
         }
     }

@@ -5,7 +5,8 @@
 //! - [`CommittedBatch`]: ingest worker → `sync.out.<user>` (JetStream `SYNC_OUT`).
 
 use crate::clock::Clock;
-use crate::ids::{DeviceId, UserId};
+use crate::entity::EntityType;
+use crate::ids::{DeviceId, EntityIdRef, UserId};
 use crate::write::WriteItem;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -91,6 +92,18 @@ pub struct CommittedBatch<I = WriteItem> {
     pub changes: Vec<Change<I>>,
 }
 
+/// What fanout reads of a committed item, borrowed from the message: the fields rendering
+/// needs (the clocks and the checksum are skipped), with no string copied out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub struct ItemView<'a> {
+    pub entity_type: EntityType,
+    #[serde(borrow)]
+    pub id: EntityIdRef<'a>,
+    #[serde(borrow)]
+    pub payload: &'a str,
+    pub deleted: bool,
+}
+
 /// Rendered client frames for one user: fanout → `sync.deliver.<user>` (core NATS), with
 /// the origin device and session in the headers [`ORIGIN_DEVICE`] and [`ORIGIN_SESSION`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -125,7 +138,7 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 /// is redelivered to crash the next one.
 const MAX_DEPTH: usize = 32;
 
-fn from_slice<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, EnvelopeError> {
+fn from_slice<'de, T: Deserialize<'de>>(bytes: &'de [u8]) -> Result<T, EnvelopeError> {
     let mut decoder = rmp_serde::Deserializer::from_read_ref(bytes);
     decoder.set_max_depth(MAX_DEPTH);
     T::deserialize(&mut decoder).map_err(|e| EnvelopeError::Malformed(e.to_string()))
@@ -133,6 +146,11 @@ fn from_slice<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, EnvelopeError> {
 
 /// Decodes an envelope, refusing versions this build does not know.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, EnvelopeError> {
+    decode_borrowed(bytes)
+}
+
+/// [`decode`] for types that borrow from `bytes` (such as `CommittedBatch<ItemView>`).
+pub fn decode_borrowed<'de, T: Deserialize<'de>>(bytes: &'de [u8]) -> Result<T, EnvelopeError> {
     let probe: Probe = from_slice(bytes)?;
     if probe.v != ENVELOPE_VERSION {
         return Err(EnvelopeError::Version(probe.v));
@@ -205,6 +223,41 @@ mod tests {
         };
         assert_eq!(encode(&borrowed), encode(&owned));
         assert_eq!(decode::<CommittedBatch>(&encode(&borrowed)), Ok(owned));
+    }
+
+    #[test]
+    fn a_committed_batch_reads_as_borrowed_views_of_its_items() {
+        let e = envelope();
+        let batch = CommittedBatch {
+            v: ENVELOPE_VERSION,
+            user: e.user.clone(),
+            origin_device: e.device_id.clone(),
+            origin_session: None,
+            committed_at: Clock(7),
+            changes: vec![Change {
+                item: &e.items[0],
+                seq: 42,
+            }],
+        };
+        let bytes = encode(&batch);
+        let view: CommittedBatch<ItemView> = decode_borrowed(&bytes).unwrap();
+        assert_eq!(view.user, e.user);
+        assert_eq!(view.committed_at, Clock(7));
+        assert_eq!(view.changes.len(), 1);
+        let (change, item) = (&view.changes[0], &e.items[0]);
+        assert_eq!(change.seq, 42);
+        assert_eq!(change.item.entity_type, item.entity_type);
+        assert_eq!(change.item.id.as_str(), item.id.as_str());
+        assert_eq!(change.item.payload, item.payload);
+        assert_eq!(change.item.deleted, item.deleted);
+        // Borrowed from the message, not copied.
+        assert!(bytes.as_ptr_range().contains(&change.item.payload.as_ptr()));
+        let mut newer = batch;
+        newer.v = 2;
+        assert_eq!(
+            decode_borrowed::<CommittedBatch<ItemView>>(&encode(&newer)).unwrap_err(),
+            EnvelopeError::Version(2)
+        );
     }
 
     #[test]

@@ -93,6 +93,29 @@ id_type!(
     MAX_DEVICE_ID_BYTES
 );
 
+/// An entity id borrowed from the message it is read from, checked as [`EntityId`] is: for
+/// readers that only look at it (fanout), so that no id is copied out of a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EntityIdRef<'a>(&'a str);
+
+impl<'a> EntityIdRef<'a> {
+    pub fn parse(value: &'a str) -> Result<Self, IdError> {
+        check(value, "id", MAX_ENTITY_ID_BYTES)?;
+        Ok(Self(value))
+    }
+
+    pub fn as_str(&self) -> &'a str {
+        self.0
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for EntityIdRef<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = <&'de str>::deserialize(deserializer)?;
+        EntityIdRef::parse(value).map_err(serde::de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -119,5 +142,14 @@ mod tests {
     fn ids_deserialize_through_parse() {
         let err = serde_json::from_str::<UserId>("\"\"").unwrap_err();
         assert!(err.to_string().contains("non-empty"));
+        // Borrowed ids are checked too (read from MessagePack, as fanout reads them).
+        let read = |s: &str| {
+            let bytes = rmp_serde::to_vec(s).unwrap();
+            rmp_serde::from_slice::<EntityIdRef>(&bytes).map(|id| id.as_str().to_owned())
+        };
+        assert!(read("a\u{7}b").unwrap_err().to_string().contains("control"));
+        assert!(read(&"x".repeat(257)).is_err());
+        assert!(read("").is_err());
+        assert_eq!(read("e1").unwrap(), "e1");
     }
 }

@@ -3,6 +3,7 @@
 //!
 //! Server frames that carry stored payloads embed them as raw JSON, without re-parsing.
 
+use crate::checksum::RAW_TOKEN;
 use crate::clock::Clock;
 use crate::entity::EntityType;
 use crate::score_id;
@@ -164,20 +165,20 @@ struct Frame<'a> {
     #[serde(rename = "entityType", skip_serializing_if = "Option::is_none")]
     entity_type: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    entry: Option<&'a RawValue>,
+    entry: Option<Raw<'a>>,
     #[serde(rename = "entryId", skip_serializing_if = "Option::is_none")]
     entry_id: Option<&'a str>,
     /// (ext) On `ENTRY_DELETED`: the delete's `deletedAt`, so clients can order it by LWW.
     #[serde(rename = "deletedAt", skip_serializing_if = "Option::is_none")]
     deleted_at: Option<&'a Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    piece: Option<&'a RawValue>,
+    piece: Option<Raw<'a>>,
     #[serde(rename = "scoreId", skip_serializing_if = "Option::is_none")]
     score_id: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    plan: Option<&'a RawValue>,
+    plan: Option<Raw<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    occurrence: Option<&'a RawValue>,
+    occurrence: Option<Raw<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     entries: Option<&'a [&'a RawValue]>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -189,6 +190,20 @@ struct Frame<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pending: Option<bool>,
     timestamp: String,
+}
+
+/// JSON text embedded in a frame as it is: serialized the way `RawValue` is (serde_json writes
+/// the string under [`RAW_TOKEN`] verbatim). Only for text already known to be one JSON value.
+#[derive(Debug, Clone, Copy)]
+struct Raw<'a>(&'a str);
+
+impl Serialize for Raw<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut s = serializer.serialize_struct(RAW_TOKEN, 1)?;
+        s.serialize_field(RAW_TOKEN, self.0)?;
+        s.end()
+    }
 }
 
 impl Frame<'_> {
@@ -338,9 +353,10 @@ pub fn render_change(
     seq: u64,
     at: Clock,
 ) -> Option<String> {
-    let raw: &RawValue = serde_json::from_str(payload).ok()?;
-    // Only these fields steer the rendering; everything else is skipped, not built.
+    // Only these fields steer the rendering; everything else is skipped, not built. Skipping
+    // still checks it: a payload that reads as a probe is one JSON value, embedded as it is.
     let probe: Probe = serde_json::from_str(payload).ok()?;
+    let raw = Raw(payload.trim_matches([' ', '\t', '\n', '\r']));
     let value = probe.into_value();
     let created = looks_created(&value);
     let mut frame = Frame {
@@ -498,6 +514,27 @@ mod tests {
                 Err(ClientError::InvalidFormat),
                 "{bad}"
             );
+        }
+    }
+
+    #[test]
+    fn payloads_are_embedded_verbatim_and_only_when_they_are_json() {
+        let render =
+            |payload: &str| render_change(EntityType::PracticePlan, "p1", payload, false, 1, now());
+        let text = render(" {\"id\":\"p1\",\"n\":[1.50,\"\\u00e9\"]}\n").unwrap();
+        assert!(
+            text.contains(r#""plan":{"id":"p1","n":[1.50,"\u00e9"]},"#),
+            "{text}"
+        );
+        let _: Value = serde_json::from_str(&text).unwrap();
+        for bad in [
+            "{\"id\":\"p1\"",
+            "{\"id\":\"p1\"} x",
+            "{\"id\":\"p1\",\"n\":[1,}",
+            "{\"id\":\"bad \\q\"}",
+            "",
+        ] {
+            assert_eq!(render(bad), None, "{bad:?}");
         }
     }
 
