@@ -1,4 +1,5 @@
-//! Bus envelopes: MessagePack (named fields, so fields can be added) with an explicit version.
+//! Bus envelopes: MessagePack (fields by position; maps of named fields are read too) with an
+//! explicit version.
 //!
 //! - [`IngestEnvelope`]: edge → `sync.in.<user>` (JetStream `SYNC_IN`), one per request.
 //! - [`CommitReply`]: ingest worker → `sync.done.<request-id>` (core NATS).
@@ -8,7 +9,7 @@ use crate::clock::Clock;
 use crate::entity::EntityType;
 use crate::ids::{DeviceId, EntityIdRef, UserId};
 use crate::write::WriteItem;
-use serde::de::DeserializeOwned;
+use serde::de::{self, DeserializeOwned, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
 pub const ENVELOPE_VERSION: u32 = 1;
@@ -94,14 +95,21 @@ pub struct CommittedBatch<I = WriteItem> {
 
 /// What fanout reads of a committed item, borrowed from the message: the fields rendering
 /// needs (the clocks and the checksum are skipped), with no string copied out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Deserialize)]
 pub struct ItemView<'a> {
     pub entity_type: EntityType,
     #[serde(borrow)]
     pub id: EntityIdRef<'a>,
     #[serde(borrow)]
     pub payload: &'a str,
+    // The fields are read by position too (see [`encode`]): all of `WriteItem`'s, in order.
+    #[serde(default, rename = "clock")]
+    _clock: IgnoredAny,
     pub deleted: bool,
+    #[serde(default, rename = "deleted_at")]
+    _deleted_at: IgnoredAny,
+    #[serde(default, rename = "checksum")]
+    _checksum: IgnoredAny,
 }
 
 /// Rendered client frames for one user: fanout → `sync.deliver.<user>` (core NATS), with
@@ -123,13 +131,54 @@ pub struct DeliveredFrame {
 pub const ORIGIN_DEVICE: &str = "Legato-Origin-Device";
 pub const ORIGIN_SESSION: &str = "Legato-Origin-Session";
 
-#[derive(Deserialize)]
+/// An envelope's version, read from either form an envelope may have: the first element of an
+/// array (what [`encode`] writes) or the member `v` of a map (what earlier builds wrote).
 struct Probe {
     v: u32,
 }
 
+impl<'de> Deserialize<'de> for Probe {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Version;
+        impl<'de> Visitor<'de> for Version {
+            type Value = Probe;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an envelope")
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Probe, A::Error> {
+                let v = seq
+                    .next_element()?
+                    .ok_or_else(|| de::Error::invalid_length(0, &self))?;
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Probe { v })
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Probe, A::Error> {
+                let mut v = None;
+                while let Some(key) = map.next_key::<String>()? {
+                    if key == "v" && v.is_none() {
+                        v = Some(map.next_value()?);
+                    } else {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+                v.map(|v| Probe { v })
+                    .ok_or_else(|| de::Error::missing_field("v"))
+            }
+        }
+        deserializer.deserialize_any(Version)
+    }
+}
+
+/// Encodes an envelope with its fields by position (a MessagePack array per struct), not by
+/// name: the names were a sixth of a committed item's bytes, carried through the broker twice
+/// and matched by every decoder. Decoding takes either form, so builds that wrote maps and
+/// builds that write arrays read each other's messages while the struct definitions agree; a
+/// change to them is a new [`ENVELOPE_VERSION`].
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    rmp_serde::to_vec_named(value).expect("envelopes always serialize")
+    rmp_serde::to_vec(value).expect("envelopes always serialize")
 }
 
 /// Deepest nesting a decoded message may have. The envelopes nest at most four levels; the
@@ -261,6 +310,34 @@ mod tests {
     }
 
     #[test]
+    fn envelopes_of_builds_that_wrote_named_fields_still_decode() {
+        let e = envelope();
+        let named = rmp_serde::to_vec_named(&e).unwrap();
+        assert!(named.len() > encode(&e).len());
+        assert_eq!(decode::<IngestEnvelope>(&named), Ok(e.clone()));
+        let batch = CommittedBatch {
+            v: ENVELOPE_VERSION,
+            user: e.user.clone(),
+            origin_device: None,
+            origin_session: None,
+            committed_at: Clock(7),
+            changes: vec![Change {
+                item: &e.items[0],
+                seq: 42,
+            }],
+        };
+        let named = rmp_serde::to_vec_named(&batch).unwrap();
+        let view: CommittedBatch<ItemView> = decode_borrowed(&named).unwrap();
+        assert_eq!(view.changes[0].item.payload, e.items[0].payload);
+        let mut newer = e;
+        newer.v = 2;
+        assert_eq!(
+            decode::<IngestEnvelope>(&rmp_serde::to_vec_named(&newer).unwrap()),
+            Err(EnvelopeError::Version(2))
+        );
+    }
+
+    #[test]
     fn refuses_other_versions_and_garbage() {
         let mut e = envelope();
         e.v = 2;
@@ -269,9 +346,10 @@ mod tests {
             Err(EnvelopeError::Version(2))
         );
         assert!(matches!(
-            decode::<IngestEnvelope>(b"\x93not an envelope"),
+            decode::<IngestEnvelope>(b"\xc1not an envelope"),
             Err(EnvelopeError::Malformed(_))
         ));
+        assert!(decode::<IngestEnvelope>(b"\x93not an envelope").is_err());
         // a valid map of the wrong shape
         let reply = CommitReply {
             v: 1,
