@@ -111,9 +111,16 @@ async fn throughput(s: &Settings, report: &mut Report) -> anyhow::Result<(f64, f
     }
     for _ in 0..s.runs {
         store_rates.push(scenarios::raw_store(100, s.seconds).await?);
-        let cluster = Cluster::start(&scenarios::shape(1)).await?;
-        js_rates.push(scenarios::raw_jetstream(&cluster, 256, s.seconds).await?);
+        {
+            let cluster = Cluster::start(&scenarios::shape(1)).await?;
+            js_rates.push(scenarios::raw_jetstream(&cluster, 256, s.seconds).await?);
+        }
         for (batch, concurrency, rates) in rows.iter_mut() {
+            // Every shape on a pipeline of its own, as the raw store figure is taken on a new
+            // database: on one shared by the whole sweep, each shape ran on what the shapes
+            // before it had written (millions of rows by the last), and its figure depended on
+            // its place in the sweep.
+            let cluster = Cluster::start(&scenarios::shape(1)).await?;
             let before = cluster::cpu_seconds(&cluster);
             rates
                 .push(scenarios::push_throughput(&cluster, *batch, *concurrency, s.seconds).await?);
