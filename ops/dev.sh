@@ -18,6 +18,8 @@ if [ -z "${JWT_SECRET:-}" ]; then
 fi
 NATS_PORT="${NATS_PORT:-4222}"
 export NATS_URL="${NATS_URL:-nats://127.0.0.1:$NATS_PORT}"
+# Every process here is of one build: envelopes in the positional form (README, "Upgrading").
+export LEGATO_NATS__ENVELOPES="${LEGATO_NATS__ENVELOPES:-positional}"
 PROFILE="${LEGATO_PROFILE:-release}"
 
 ensure_nats_server

@@ -6,7 +6,8 @@ use bytes::Bytes;
 use futures::StreamExt;
 use legato_schema::checksum::sha256_hex;
 use legato_schema::envelope::{
-    self, CommitReply, ENVELOPE_VERSION, IdempotencyRef, IngestEnvelope, ItemOutcome, RequestKind,
+    self, CommitReply, ENVELOPE_VERSION, Encoding, IdempotencyRef, IngestEnvelope, ItemOutcome,
+    RequestKind,
 };
 use legato_schema::write::WriteItem;
 use legato_schema::{ChangeSeq, Clock, DeviceId, UserId, subject};
@@ -48,6 +49,7 @@ pub struct Bus {
     js: jetstream::Context,
     commit_wait: Duration,
     max_envelope_bytes: usize,
+    encoding: Encoding,
     watermark: Mutex<Option<(Instant, u64)>>,
     watermark_ttl: Duration,
     refreshing: tokio::sync::Mutex<()>,
@@ -65,6 +67,7 @@ impl Bus {
         publish_timeout: Duration,
         commit_wait: Duration,
         max_envelope_bytes: usize,
+        encoding: Encoding,
         watermark_ttl: Duration,
     ) -> Bus {
         let js = jetstream::ContextBuilder::new()
@@ -76,6 +79,7 @@ impl Bus {
             js,
             commit_wait,
             max_envelope_bytes,
+            encoding,
             watermark: Mutex::new(None),
             watermark_ttl,
             refreshing: tokio::sync::Mutex::new(()),
@@ -138,7 +142,7 @@ impl Bus {
                 idempotency: request.idempotency.clone(),
             };
             let publish = PublishMessage::build()
-                .payload(Bytes::from(envelope::encode(&env)))
+                .payload(Bytes::from(envelope::encode(&env, self.encoding)))
                 .message_id(request_id);
             let ack = self
                 .js
@@ -388,7 +392,7 @@ mod tests {
         for p in &parts {
             let size: usize = p.iter().map(|i| i.payload.len() + 512).sum();
             assert!(size <= 960 * 1024 + 512 * p.len());
-            let encoded = envelope::encode(&p.clone());
+            let encoded = envelope::encode(&p.clone(), envelope::Encoding::Named);
             assert!(encoded.len() < 1024 * 1024, "{}", encoded.len());
         }
         assert_eq!(split(vec![], 100).len(), 1);

@@ -86,6 +86,7 @@ impl Application {
             Duration::from_millis(config.sync.publish_timeout_ms),
             Duration::from_millis(config.sync.commit_wait_ms),
             config.limits.max_envelope_bytes,
+            config.nats.envelopes,
             Duration::from_millis(config.sync.watermark_cache_ms),
         );
         let metrics = metrics::EdgeMetrics::register(&registry).context("registering metrics")?;

@@ -123,7 +123,11 @@ impl Application {
         };
         if let Some(consumer) = consumer {
             self.provisioned.store(true, Ordering::SeqCst);
-            let fanout = worker::Fanout::new(self.client.clone(), self.metrics.clone());
+            let fanout = worker::Fanout::new(
+                self.client.clone(),
+                self.metrics.clone(),
+                self.config.nats.envelopes,
+            );
             // The next batch is rendered and published while the last is flushed and acked.
             let stages = legato_runtime::stages::overlap(
                 |published| publish_loop(&self.config, &consumer, &fanout, published, &shutdown),

@@ -17,8 +17,8 @@ use bytes::Bytes;
 use legato_runtime::nats::{self, DeliverySample};
 use legato_runtime::shutdown::pause;
 use legato_schema::envelope::{
-    self, CommittedBatch, DeliveredFrame, Delivery, ENVELOPE_VERSION, ItemView, ORIGIN_DEVICE,
-    ORIGIN_SESSION,
+    self, CommittedBatch, DeliveredFrame, Delivery, ENVELOPE_VERSION, Encoding, ItemView,
+    ORIGIN_DEVICE, ORIGIN_SESSION,
 };
 use legato_schema::{ChangeSeq, Clock, EntityType, UserId, subject, ws};
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -30,6 +30,7 @@ pub struct Fanout {
     pub client: async_nats::Client,
     pub js: jetstream::Context,
     pub metrics: FanoutMetrics,
+    encoding: Encoding,
     watermark: Arc<Mutex<DeliveryWatermark>>,
 }
 
@@ -76,12 +77,13 @@ type Origin<'a> = (&'a UserId, Option<&'a str>, Option<&'a str>);
 type Latest<'a> = (u64, Origin<'a>, usize, usize);
 
 impl Fanout {
-    pub fn new(client: async_nats::Client, metrics: FanoutMetrics) -> Fanout {
+    pub fn new(client: async_nats::Client, metrics: FanoutMetrics, encoding: Encoding) -> Fanout {
         let js = jetstream::new(client.clone());
         Fanout {
             client,
             js,
             metrics,
+            encoding,
             watermark: Arc::default(),
         }
     }
@@ -204,7 +206,7 @@ impl Fanout {
             if let Some(s) = session {
                 headers.insert(ORIGIN_SESSION, s);
             }
-            let payload = Bytes::from(envelope::encode(&delivery));
+            let payload = Bytes::from(envelope::encode(&delivery, self.encoding));
             if let Err(e) = self
                 .client
                 .publish_with_headers(subject::deliver(user), headers, payload)

@@ -333,7 +333,10 @@ impl Worker {
                 changes,
             };
             let publish = PublishMessage::build()
-                .payload(Bytes::from(envelope::encode(&batch)))
+                .payload(Bytes::from(envelope::encode(
+                    &batch,
+                    self.config.nats.envelopes,
+                )))
                 .message_id(format!("out-{}", d.seq));
             let acked = match self
                 .js
@@ -359,7 +362,7 @@ impl Worker {
             .client
             .publish(
                 subject::done(&d.envelope.request_id),
-                Bytes::from(envelope::encode(&reply)),
+                Bytes::from(envelope::encode(&reply, self.config.nats.envelopes)),
             )
             .await
         {

@@ -68,6 +68,9 @@ pub struct NatsConfig {
     /// Client name shown in the server's connection list.
     pub name: String,
     pub connect_timeout_ms: u64,
+    /// How this process writes bus envelopes (`named` or `positional`); every process reads
+    /// both. See README, "Upgrading".
+    pub envelopes: legato_schema::envelope::Encoding,
 }
 
 impl Default for NatsConfig {
@@ -76,6 +79,7 @@ impl Default for NatsConfig {
             url: "nats://127.0.0.1:4222".into(),
             name: "legato".into(),
             connect_timeout_ms: 2_000,
+            envelopes: legato_schema::envelope::Encoding::Named,
         }
     }
 }
@@ -264,6 +268,7 @@ pub struct StoreConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use legato_schema::envelope::Encoding;
 
     #[derive(Debug, Default, Serialize, Deserialize)]
     #[serde(default)]
@@ -305,6 +310,13 @@ mod tests {
             let s: Sample = load().map_err(|e| e.to_string())?;
             assert_eq!(s.nats.url, "nats://env:3");
             assert_eq!(s.store.sqlite.synchronous, SqliteSync::Normal);
+            assert_eq!(s.nats.envelopes, Encoding::Named);
+            jail.set_env("LEGATO_NATS__ENVELOPES", "positional");
+            let s: Sample = load().map_err(|e| e.to_string())?;
+            assert_eq!(s.nats.envelopes, Encoding::Positional);
+            jail.set_env("LEGATO_NATS__ENVELOPES", "compact");
+            assert!(load::<Sample>().is_err());
+            jail.set_env("LEGATO_NATS__ENVELOPES", "named");
             jail.set_env("LEGATO_STORE__BACKEND", "oracle");
             assert!(load::<Sample>().is_err());
             Ok(())

@@ -22,7 +22,7 @@
 mod common;
 use common::config;
 use legato_schema::api;
-use legato_schema::envelope::{self, ENVELOPE_VERSION, IngestEnvelope, RequestKind};
+use legato_schema::envelope::{self, ENVELOPE_VERSION, Encoding, IngestEnvelope, RequestKind};
 use legato_schema::write::{self, PrepareOptions, WriteItem};
 use legato_schema::ws;
 use legato_schema::{Clock, EntityType, UserId};
@@ -269,7 +269,10 @@ proptest! {
     }
 
     #[test]
-    fn mutated_envelopes_decode_to_an_error_or_a_valid_envelope(edits in arb_byte_edits()) {
+    fn mutated_envelopes_decode_to_an_error_or_a_valid_envelope(
+        edits in arb_byte_edits(),
+        positional in any::<bool>(),
+    ) {
         let push: Value = serde_json::from_str(PUSH_LOGIN).unwrap();
         let items: Vec<WriteItem> = push["changes"]["entries"]
             .as_array()
@@ -288,6 +291,7 @@ proptest! {
             items,
             idempotency: None,
         };
-        check_envelope_bytes(&apply_byte_edits(&envelope::encode(&envelope), &edits));
+        let encoding = if positional { Encoding::Positional } else { Encoding::Named };
+        check_envelope_bytes(&apply_byte_edits(&envelope::encode(&envelope, encoding), &edits));
     }
 }

@@ -163,6 +163,9 @@ fn nats_config(nats: &NatsServer, name: &str) -> NatsConfig {
         url: nats.url(),
         name: name.into(),
         connect_timeout_ms: 1_000,
+        // In-process pipelines write the positional form; the process suites (cluster.rs)
+        // run the default, so both forms cross a real broker in the tests.
+        envelopes: legato_schema::envelope::Encoding::Positional,
     }
 }
 

@@ -463,17 +463,20 @@ async fn poison_messages_are_terminated_after_max_deliveries_and_the_watermark_m
     let js = async_nats::jetstream::new(client);
     let user = legato_schema::UserId::parse("fault_user_a").unwrap();
     // Garbage, and an envelope of a version no worker knows (a newer edge's).
-    let mut newer = envelope::encode(&IngestEnvelope {
-        v: envelope::ENVELOPE_VERSION,
-        request_id: "poison".into(),
-        user: user.clone(),
-        device_id: None,
-        session_id: None,
-        kind: legato_schema::envelope::RequestKind::Push,
-        received_at: legato_schema::Clock(0),
-        items: Vec::new(),
-        idempotency: None,
-    });
+    let mut newer = envelope::encode(
+        &IngestEnvelope {
+            v: envelope::ENVELOPE_VERSION,
+            request_id: "poison".into(),
+            user: user.clone(),
+            device_id: None,
+            session_id: None,
+            kind: legato_schema::envelope::RequestKind::Push,
+            received_at: legato_schema::Clock(0),
+            items: Vec::new(),
+            idempotency: None,
+        },
+        envelope::Encoding::Named,
+    );
     // The version is the envelope's first field: bump it in place.
     let v = newer
         .iter()

@@ -335,3 +335,68 @@ async fn committed_changes_survive_a_killed_fanout_worker() {
     );
     p.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecodable_committed_batch_is_terminated_and_the_batches_beside_it_are_delivered_and_acked()
+ {
+    let mut p = Pipeline::start(PipelineOptions::default()).await;
+    let user = "user_out_poison";
+    let mut device = WsClient::connect(p.edge_at(0), user, Some("watcher")).await;
+    // No fanout worker for a while, so that the next one fetches garbage and real batches in
+    // one batch.
+    p.fanout.token.cancel();
+    let _ = (&mut p.fanout.task).await;
+    let js = async_nats::jetstream::new(async_nats::connect(p.nats.url()).await.unwrap());
+    let subject = legato_schema::subject::committed(&legato_schema::UserId::parse(user).unwrap());
+    let mut garbage = Vec::new();
+    for i in 0..3 {
+        let item = json!({"id": format!("e{i}"), "updatedAt": 1000});
+        assert_eq!(
+            p.push(user, &json!({"changes":{"entries":[item]}})).await.0,
+            200
+        );
+        let ack = js
+            .publish(
+                subject.clone(),
+                b"\xc1 not a committed batch".as_slice().into(),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        garbage.push(ack.sequence);
+    }
+    p.fanout = Pipeline::spawn_fanout(&p.nats, 7).await;
+    let mut seen = std::collections::BTreeSet::new();
+    while seen.len() < 3 {
+        let frame = device.next().await.unwrap();
+        seen.insert(frame["entry"]["id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(seen, ["e0", "e1", "e2"].map(String::from).into());
+    let admin = p.fanout.admin;
+    legato_tests::wait_for("the garbage counted", Duration::from_secs(10), || async {
+        (p.metric(admin, "legato_fanout_undecodable_total").await >= 3.0).then_some(())
+    })
+    .await;
+    // Every message is finished: the real ones acked after their delivery, the garbage
+    // terminated; nothing waits for an ack or a redelivery.
+    let stream = js.get_stream("SYNC_OUT").await.unwrap();
+    legato_tests::wait_for("SYNC_OUT drained", Duration::from_secs(10), || {
+        let stream = stream.clone();
+        async move {
+            let mut consumer: async_nats::jetstream::consumer::PullConsumer = stream
+                .get_consumer(legato_schema::subject::FANOUT_CONSUMER)
+                .await
+                .ok()?;
+            let info = consumer.info().await.ok()?;
+            (info.num_ack_pending == 0 && info.num_pending == 0)
+                .then_some(info.ack_floor.stream_sequence)
+        }
+    })
+    .await;
+    assert_eq!(
+        p.metric(admin, "legato_fanout_undecodable_total").await,
+        3.0
+    );
+    p.shutdown().await;
+}

@@ -248,13 +248,7 @@ async fn propagation(s: &Settings, report: &mut Report) -> anyhow::Result<()> {
     let mut p99 = Vec::new();
     let mut lines = String::new();
     for _ in 0..s.runs {
-        let cluster = Cluster::start(&cluster::Shape {
-            edges: 2,
-            ingest: 1,
-            fanout: 1,
-            env: vec![],
-        })
-        .await?;
+        let cluster = Cluster::start(&scenarios::shape(2)).await?;
         let (a, b, received, sent) = scenarios::propagation(&cluster, 1000.0, s.seconds).await?;
         writeln!(
             lines,

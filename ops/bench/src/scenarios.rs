@@ -378,12 +378,14 @@ pub async fn fanout_rate(
     Ok((group.frames() - before) as f64 / elapsed)
 }
 
+/// The pipeline measured: one ingest and one fanout worker, `edges` edges, all of one build,
+/// so they write envelopes in the positional form (README, "Upgrading").
 pub fn shape(edges: usize) -> Shape {
     Shape {
         edges,
         ingest: 1,
         fanout: 1,
-        env: vec![],
+        env: vec![("LEGATO_NATS__ENVELOPES".into(), "positional".into())],
     }
 }
 

@@ -6,12 +6,13 @@ use legato_schema::api::{self, PullRequest};
 use legato_schema::checksum::{canonical_json, checksum};
 use legato_schema::clock::{MAX_CLOCK_US, MIN_CLOCK_US};
 use legato_schema::envelope::{
-    self, CommitReply, CommittedBatch, Delivery, ENVELOPE_VERSION, IngestEnvelope, RequestKind,
+    self, CommitReply, CommittedBatch, Delivery, ENVELOPE_VERSION, Encoding, IngestEnvelope,
+    ItemView, RequestKind,
 };
 use legato_schema::score_id::{self, Kind};
 use legato_schema::write::{self, ItemError, WriteItem};
 use legato_schema::ws::{self, ClientError, ClientMessage};
-use legato_schema::{Clock, EntityType, UserId};
+use legato_schema::{Clock, EntityId, EntityType, UserId};
 use serde_json::Value;
 
 /// An accepted write must satisfy every rule of CONTRACT.md §3 and survive the bus.
@@ -52,10 +53,12 @@ pub(crate) fn check_item(item: &WriteItem, reported: &Value) {
         items: vec![item.clone()],
         idempotency: None,
     };
-    assert_eq!(
-        envelope::decode::<IngestEnvelope>(&envelope::encode(&envelope)).as_ref(),
-        Ok(&envelope)
-    );
+    for encoding in [Encoding::Named, Encoding::Positional] {
+        assert_eq!(
+            envelope::decode::<IngestEnvelope>(&envelope::encode(&envelope, encoding)).as_ref(),
+            Ok(&envelope)
+        );
+    }
     // ... and fanout can render it for WebSocket clients.
     let rendered = ws::render_change(
         item.entity_type,
@@ -308,5 +311,11 @@ pub(crate) fn check_envelope_bytes(bytes: &[u8]) {
     }
     let _ = envelope::decode::<CommitReply>(bytes);
     let _ = envelope::decode::<CommittedBatch>(bytes);
+    if let Ok(view) = envelope::decode_borrowed::<CommittedBatch<ItemView>>(bytes) {
+        // What fanout reads: ids checked as the owned decode checks them.
+        for change in &view.changes {
+            assert!(EntityId::parse(change.item.id.as_str()).is_ok());
+        }
+    }
     let _ = envelope::decode::<Delivery>(bytes);
 }
