@@ -1,5 +1,5 @@
-//! Bus envelopes: MessagePack (fields by position; maps of named fields are read too) with an
-//! explicit version.
+//! Bus envelopes: MessagePack with an explicit version, written as maps of named fields or
+//! (with [`Encoding::Positional`]) as arrays of fields by position; both forms are read.
 //!
 //! - [`IngestEnvelope`]: edge → `sync.in.<user>` (JetStream `SYNC_IN`), one per request.
 //! - [`CommitReply`]: ingest worker → `sync.done.<request-id>` (core NATS).
@@ -131,10 +131,20 @@ pub struct DeliveredFrame {
 pub const ORIGIN_DEVICE: &str = "Legato-Origin-Device";
 pub const ORIGIN_SESSION: &str = "Legato-Origin-Session";
 
-/// An envelope's version, read from either form an envelope may have: the first element of an
-/// array (what [`encode`] writes) or the member `v` of a map (what earlier builds wrote).
+/// An envelope's version, read from either form an envelope may have (see [`Encoding`]): the
+/// first element of an array or the member `v` of a map.
 struct Probe {
     v: u32,
+}
+
+/// A map key as the probe tells them apart, matched without copying it (as derived
+/// deserializers match field names).
+#[derive(Deserialize)]
+#[serde(field_identifier, rename_all = "lowercase")]
+enum ProbeKey {
+    V,
+    #[serde(other)]
+    Other,
 }
 
 impl<'de> Deserialize<'de> for Probe {
@@ -157,8 +167,8 @@ impl<'de> Deserialize<'de> for Probe {
 
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Probe, A::Error> {
                 let mut v = None;
-                while let Some(key) = map.next_key::<String>()? {
-                    if key == "v" && v.is_none() {
+                while let Some(key) = map.next_key::<ProbeKey>()? {
+                    if matches!(key, ProbeKey::V) && v.is_none() {
                         v = Some(map.next_value()?);
                     } else {
                         map.next_value::<IgnoredAny>()?;

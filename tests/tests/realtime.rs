@@ -381,7 +381,7 @@ async fn an_undecodable_committed_batch_is_terminated_and_the_batches_beside_it_
     // Every message is finished: the real ones acked after their delivery, the garbage
     // terminated; nothing waits for an ack or a redelivery.
     let stream = js.get_stream("SYNC_OUT").await.unwrap();
-    legato_tests::wait_for("SYNC_OUT drained", Duration::from_secs(10), || {
+    let floor = legato_tests::wait_for("SYNC_OUT drained", Duration::from_secs(10), || {
         let stream = stream.clone();
         async move {
             let mut consumer: async_nats::jetstream::consumer::PullConsumer = stream
@@ -394,6 +394,11 @@ async fn an_undecodable_committed_batch_is_terminated_and_the_batches_beside_it_
         }
     })
     .await;
+    // The garbage came last on the stream: the floor is past it, so none is held back.
+    assert!(
+        floor >= *garbage.iter().max().unwrap(),
+        "{floor} {garbage:?}"
+    );
     assert_eq!(
         p.metric(admin, "legato_fanout_undecodable_total").await,
         3.0

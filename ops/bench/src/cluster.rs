@@ -178,28 +178,6 @@ impl Drop for Cluster {
     }
 }
 
-impl Cluster {
-    /// Where nats-server keeps the files of stream `name` (account `$G`, no auth configured).
-    pub fn nats_stream_dir(&self, name: &str) -> PathBuf {
-        self.data
-            .path()
-            .join("nats/jetstream/$G/streams")
-            .join(name)
-    }
-
-    /// Waits until `path` no longer exists (at most a minute).
-    pub async fn wait_removed(&self, path: &Path) -> anyhow::Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while tokio::fs::try_exists(path).await? {
-            if Instant::now() > deadline {
-                bail!("{} was not removed within a minute", path.display());
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Ok(())
-    }
-}
-
 async fn wait_tcp(port: u16) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(20);
     while tokio::net::TcpStream::connect(("127.0.0.1", port))

@@ -112,6 +112,7 @@ async fn throughput(s: &Settings, report: &mut Report) -> anyhow::Result<(f64, f
     for _ in 0..s.runs {
         store_rates.push(scenarios::raw_store(100, s.seconds).await?);
         {
+            // Dropped (processes stopped, files removed) before the shapes run.
             let cluster = Cluster::start(&scenarios::shape(1)).await?;
             js_rates.push(scenarios::raw_jetstream(&cluster, 256, s.seconds).await?);
         }
