@@ -12,8 +12,10 @@ use legato_schema::envelope::{
 use legato_schema::write::WriteItem;
 use legato_schema::{ChangeSeq, Clock, DeviceId, UserId, subject};
 use legato_store::SharedStore;
-use std::sync::Mutex;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -53,6 +55,8 @@ pub struct Bus {
     watermark: Mutex<Option<(Instant, u64)>>,
     watermark_ttl: Duration,
     refreshing: tokio::sync::Mutex<()>,
+    /// The route of unkeyed requests' commit replies, made at the first one.
+    replies: tokio::sync::OnceCell<SharedReplies>,
 }
 
 pub struct Timings {
@@ -83,11 +87,18 @@ impl Bus {
             watermark: Mutex::new(None),
             watermark_ttl,
             refreshing: tokio::sync::Mutex::new(()),
+            replies: tokio::sync::OnceCell::new(),
         }
     }
 
     pub fn client(&self) -> &async_nats::Client {
         &self.client
+    }
+
+    async fn shared_replies(&self) -> Result<&SharedReplies, BusError> {
+        self.replies
+            .get_or_try_init(|| SharedReplies::start(&self.client))
+            .await
     }
 
     pub fn jetstream(&self) -> &jetstream::Context {
@@ -101,31 +112,40 @@ impl Bus {
             return Err(BusError::Unavailable);
         }
         let started = Instant::now();
-        // A keyed request has a deterministic id: a retry publishes the same message ids (so
-        // JetStream drops it inside the duplicate window) and finds the same recorded outcomes.
-        let base = match &request.idempotency {
-            Some(i) => {
-                sha256_hex(format!("{}\0{}\0{}", request.user, i.key, i.request_hash).as_bytes())
-                    [..32]
-                    .to_owned()
-            }
-            None => uuid::Uuid::new_v4().simple().to_string(),
-        };
         let parts = split(request.items, self.max_envelope_bytes);
         let part_count = parts.len();
-        // Subscribe before publishing so no reply can be missed. One part (the usual case)
-        // gets a literal subject: the broker inserts and removes a literal subscription
-        // without scanning its match cache, which it does for every wildcard one.
-        let replies_subject = if part_count == 1 {
-            subject::done(&format!("{base}.0"))
-        } else {
-            format!("{}.>", subject::done(&base))
+        // Subscribe before publishing so no reply can be missed.
+        let (base, mut replies) = match &request.idempotency {
+            // A keyed request has a deterministic id: a retry publishes the same message ids
+            // (so JetStream drops it inside the duplicate window) and finds the same recorded
+            // outcomes, perhaps through another edge. Its replies get a subscription of their
+            // own; one part (the usual case) a literal subject, which the broker inserts and
+            // removes without scanning its match cache as it does for every wildcard one.
+            Some(i) => {
+                let base = sha256_hex(
+                    format!("{}\0{}\0{}", request.user, i.key, i.request_hash).as_bytes(),
+                )[..32]
+                    .to_owned();
+                let replies_subject = if part_count == 1 {
+                    subject::done(&format!("{base}.0"))
+                } else {
+                    format!("{}.>", subject::done(&base))
+                };
+                let subscription = self
+                    .client
+                    .subscribe(replies_subject)
+                    .await
+                    .map_err(|_| BusError::Unavailable)?;
+                (base, Replies::Own(subscription))
+            }
+            // Any other id only has to be unique: it starts with this edge's token, so its
+            // replies come through the edge's one subscription instead of a subscription
+            // made and dropped on the broker for every request.
+            None => {
+                let (base, waiting) = self.shared_replies().await?.wait();
+                (base, Replies::Shared(waiting))
+            }
         };
-        let mut replies = self
-            .client
-            .subscribe(replies_subject)
-            .await
-            .map_err(|_| BusError::Unavailable)?;
         let subject = subject::ingest(&request.user);
         let mut acks = Vec::with_capacity(part_count);
         for (n, items) in parts.into_iter().enumerate() {
@@ -208,7 +228,9 @@ impl Bus {
                 }
             }
         }
-        let _ = replies.unsubscribe().await;
+        if let Replies::Own(mut subscription) = replies {
+            let _ = subscription.unsubscribe().await;
+        }
         if missing > 0 {
             return Ok((Submission::Pending, Timings { ack, commit: None }));
         }
@@ -334,6 +356,96 @@ impl Bus {
             .await
             .map(|_| ())
             .map_err(|e| format!("ingest consumer: {e}"))
+    }
+}
+
+/// Where a request's commit replies come from.
+enum Replies {
+    /// A subscription of the request's own (keyed requests).
+    Own(async_nats::Subscriber),
+    /// The edge's shared subscription, routed by request id.
+    Shared(Waiting),
+}
+
+impl Replies {
+    async fn next(&mut self) -> Option<async_nats::Message> {
+        match self {
+            Replies::Own(subscription) => subscription.next().await,
+            Replies::Shared(waiting) => waiting.receiver.recv().await,
+        }
+    }
+}
+
+type Routes = Arc<Mutex<HashMap<String, mpsc::UnboundedSender<async_nats::Message>>>>;
+
+/// One subscription per edge, `sync.done.<token>.>`, for the commit replies of every unkeyed
+/// request (whose ids are `<token>.<uuid>.<part>`), and a task handing each reply to the
+/// request waiting for it. A reply nobody waits for any more (the commit wait ran out) is
+/// dropped. The client subscribes again by itself after a reconnect.
+struct SharedReplies {
+    token: String,
+    routes: Routes,
+}
+
+impl SharedReplies {
+    async fn start(client: &async_nats::Client) -> Result<SharedReplies, BusError> {
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        let prefix = subject::done(&format!("{token}."));
+        let mut subscription = client
+            .subscribe(format!("{prefix}>"))
+            .await
+            .map_err(|_| BusError::Unavailable)?;
+        let routes = Routes::default();
+        let table = Arc::clone(&routes);
+        tokio::spawn(async move {
+            while let Some(message) = subscription.next().await {
+                // `sync.done.<token>.<uuid>.<part>`: routed by the uuid.
+                let key = message
+                    .subject
+                    .strip_prefix(prefix.as_str())
+                    .and_then(|id| id.rsplit_once('.'))
+                    .map(|(uuid, _part)| uuid);
+                let Some(base) = key else { continue };
+                if let Some(waiting) = table.lock().expect("reply routes lock").get(base) {
+                    let _ = waiting.send(message);
+                }
+            }
+        });
+        Ok(SharedReplies { token, routes })
+    }
+
+    /// A new request base, `<token>.<uuid>`, and the receiver of the replies to its request
+    /// ids `<base>.<part>` (routed there until it is dropped).
+    fn wait(&self) -> (String, Waiting) {
+        let key = uuid::Uuid::new_v4().simple().to_string();
+        let (sender, receiver) = mpsc::unbounded_channel();
+        self.routes
+            .lock()
+            .expect("reply routes lock")
+            .insert(key.clone(), sender);
+        let base = format!("{}.{key}", self.token);
+        let waiting = Waiting {
+            key,
+            routes: Arc::clone(&self.routes),
+            receiver,
+        };
+        (base, waiting)
+    }
+}
+
+/// A request's place in [`SharedReplies`]' routes, given up on drop.
+struct Waiting {
+    key: String,
+    routes: Routes,
+    receiver: mpsc::UnboundedReceiver<async_nats::Message>,
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.routes
+            .lock()
+            .expect("reply routes lock")
+            .remove(&self.key);
     }
 }
 

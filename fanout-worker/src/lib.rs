@@ -30,8 +30,8 @@ pub struct FanoutConfig {
     pub consumer: ConsumerSettings,
     /// Committed batches fetched (and coalesced) together.
     pub max_batch: usize,
-    /// How long a fetch waits for more batches; small, since it adds to delivery latency
-    /// only when the stream is idle.
+    /// How long the worker waits for a first batch before checking for shutdown again (the
+    /// pull itself stays open; batches are taken as soon as they arrive).
     pub fetch_expires_ms: u64,
     /// How often the delivery watermark is read from the broker, beside the publishing loop
     /// (frames carry the last value read).
@@ -159,10 +159,10 @@ async fn publish_loop(
     published: tokio::sync::mpsc::Sender<Vec<async_nats::jetstream::Message>>,
     shutdown: &CancellationToken,
 ) {
+    let mut puller = nats::Puller::new(consumer.clone(), config.max_batch);
+    let wait = Duration::from_millis(config.fetch_expires_ms);
     while !shutdown.is_cancelled() {
-        let expires = Duration::from_millis(config.fetch_expires_ms);
-        let messages = match nats::fetch_batch(consumer, config.max_batch, expires, shutdown).await
-        {
+        let messages = match puller.next_batch(wait, shutdown).await {
             nats::Fetched::Messages(messages) => messages,
             nats::Fetched::Failed if pause(shutdown, Duration::from_millis(250)).await => {
                 continue;
@@ -195,4 +195,5 @@ async fn publish_loop(
             false => break,
         }
     }
+    puller.stop().await;
 }

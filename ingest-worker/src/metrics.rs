@@ -8,6 +8,8 @@ pub struct IngestMetrics {
     pub items: IntCounterVec,
     pub batch_size: Histogram,
     pub apply_seconds: Histogram,
+    /// A committed message's changes published to `SYNC_OUT` until the broker's ack.
+    pub publish_seconds: Histogram,
     pub redeliveries: IntCounter,
     pub undecodable: IntCounter,
     pub terminated: IntCounterVec,
@@ -36,6 +38,15 @@ impl IngestMetrics {
                 HistogramOpts::new(
                     "legato_ingest_apply_seconds",
                     "Store apply latency per batch",
+                )
+                .buckets(vec![
+                    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0,
+                ]),
+            )?,
+            publish_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "legato_ingest_publish_seconds",
+                    "Committed changes published to SYNC_OUT until the broker acknowledged them",
                 )
                 .buckets(vec![
                     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0,
@@ -81,6 +92,7 @@ impl IngestMetrics {
         registry.register(Box::new(m.items.clone()))?;
         registry.register(Box::new(m.batch_size.clone()))?;
         registry.register(Box::new(m.apply_seconds.clone()))?;
+        registry.register(Box::new(m.publish_seconds.clone()))?;
         registry.register(Box::new(m.redeliveries.clone()))?;
         registry.register(Box::new(m.undecodable.clone()))?;
         registry.register(Box::new(m.terminated.clone()))?;

@@ -338,6 +338,7 @@ impl Worker {
                     self.config.nats.envelopes,
                 )))
                 .message_id(format!("out-{}", d.seq));
+            let started = std::time::Instant::now();
             let acked = match self
                 .js
                 .send_publish(subject::committed(&d.envelope.user), publish)
@@ -346,6 +347,9 @@ impl Worker {
                 Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
                 Err(e) => Err(e.to_string()),
             };
+            self.metrics
+                .publish_seconds
+                .observe(started.elapsed().as_secs_f64());
             if let Err(e) = acked {
                 // Not acked: the message comes back and is published again.
                 tracing::warn!(error = %e, seq = d.seq, "publish to SYNC_OUT failed");

@@ -314,17 +314,20 @@ pub async fn ingest_backlog(js: &jetstream::Context) -> Result<IngestBacklog, Bu
     })
 }
 
-/// What one [`fetch_batch`] brought.
+/// What one [`fetch_batch`] or [`Puller::next_batch`] brought.
 pub enum Fetched {
+    /// What arrived (empty when nothing did within the wait).
     Messages(Vec<jetstream::Message>),
-    /// The fetch request failed (broker unreachable and the like): back off and retry.
+    /// The pull failed (broker unreachable, consumer gone and the like): back off and retry.
     Failed,
     /// Shutdown came first.
     Stopped,
 }
 
-/// Fetches up to `max` messages from a pull consumer, waiting at most `expires` for the
-/// first. Gathering is bounded by `expires` + 1 s (a broker that vanished mid-fetch never
+/// Fetches up to `max` messages from a pull consumer with one pull request, waiting at most
+/// `expires` for the first: messages are assigned to this worker only when it is ready for
+/// them, so several workers share the load and a stalled one holds only its batch (the
+/// ingest workers). Gathering is bounded by `expires` + 1 s (a broker that vanished mid-fetch never
 /// ends the batch) and ends early on `shutdown`, keeping what already arrived.
 pub async fn fetch_batch(
     consumer: &consumer::PullConsumer,
@@ -361,4 +364,121 @@ pub async fn fetch_batch(
         }
     }
     Fetched::Messages(messages)
+}
+
+/// A worker's continuous pull from its consumer: one subscription and a pull request that is
+/// renewed before it runs out, so the next messages are already here when the worker is done
+/// with the last ones, where [`fetch_batch`] waits a broker round trip after every batch and
+/// makes and drops a subscription each time. The price: messages are assigned to the worker
+/// ahead of time, so a stalled worker holds them until their ack wait runs out, and several
+/// workers share the load less evenly. The fanout workers pull this way (their latency is a
+/// session's delivery latency); the ingest workers fetch.
+/// The pull asks for `2 × max` messages and is renewed when `max` of them are left, so a
+/// full batch never drains it; at most `3 × max` messages are in flight to this worker.
+pub struct Puller {
+    consumer: consumer::PullConsumer,
+    max: usize,
+    stream: Option<consumer::pull::Stream>,
+}
+
+/// How long one pull request stays open on the broker; idle heartbeats come every fifth of it,
+/// so a broker that went away is noticed within `2 × PULL_EXPIRES / 5`.
+const PULL_EXPIRES: Duration = Duration::from_secs(30);
+
+impl Puller {
+    pub fn new(consumer: consumer::PullConsumer, max: usize) -> Puller {
+        Puller {
+            consumer,
+            max: max.max(1),
+            stream: None,
+        }
+    }
+
+    /// Up to `max` messages: waits at most `wait` for the first, then takes what has already
+    /// arrived, without waiting for more.
+    pub async fn next_batch(
+        &mut self,
+        wait: Duration,
+        shutdown: &tokio_util::sync::CancellationToken,
+    ) -> Fetched {
+        use futures::{FutureExt, StreamExt};
+        if self.stream.is_none() {
+            let opened = tokio::select! {
+                r = self
+                    .consumer
+                    .stream()
+                    .max_messages_per_batch(2 * self.max)
+                    .expires(PULL_EXPIRES)
+                    .heartbeat(PULL_EXPIRES / 5)
+                    .messages() => r,
+                _ = shutdown.cancelled() => return Fetched::Stopped,
+            };
+            match opened {
+                Ok(stream) => self.stream = Some(stream),
+                Err(e) => {
+                    tracing::warn!(error = %e, "pull failed");
+                    return Fetched::Failed;
+                }
+            }
+        }
+        let Some(stream) = self.stream.as_mut() else {
+            return Fetched::Failed;
+        };
+        let first = tokio::select! {
+            next = tokio::time::timeout(wait, stream.next()) => next,
+            _ = shutdown.cancelled() => {
+                self.stop().await;
+                return Fetched::Stopped;
+            }
+        };
+        let mut messages = Vec::with_capacity(self.max);
+        match first {
+            Err(_) => return Fetched::Messages(messages),
+            Ok(Some(Ok(m))) => messages.push(m),
+            Ok(Some(Err(e))) => {
+                tracing::warn!(error = %e, "pull interrupted; pulling anew");
+                self.stream = None;
+                return Fetched::Failed;
+            }
+            Ok(None) => {
+                self.stream = None;
+                return Fetched::Failed;
+            }
+        }
+        while messages.len() < self.max {
+            match stream.next().now_or_never() {
+                Some(Some(Ok(m))) => messages.push(m),
+                Some(Some(Err(e))) => {
+                    // What arrived before is still ours to process; the next call pulls anew.
+                    tracing::warn!(error = %e, "pull interrupted; pulling anew");
+                    self.stream = None;
+                    break;
+                }
+                Some(None) => {
+                    self.stream = None;
+                    break;
+                }
+                None => break,
+            }
+        }
+        Fetched::Messages(messages)
+    }
+
+    /// Stops pulling and hands back what arrived but was not taken, so another worker gets it
+    /// now rather than after the ack wait. (Messages still on their way are redelivered after
+    /// it.) The next [`Puller::next_batch`] pulls anew.
+    pub async fn stop(&mut self) {
+        use futures::{FutureExt, StreamExt};
+        let mut untaken = Vec::new();
+        if let Some(mut stream) = self.stream.take() {
+            while let Some(Some(Ok(m))) = stream.next().now_or_never() {
+                untaken.push(m);
+            }
+        }
+        for m in untaken {
+            if let Err(e) = m.ack_with(jetstream::AckKind::Nak(None)).await {
+                tracing::debug!(error = %e, "handing back an untaken message");
+            }
+        }
+    }
 }

@@ -149,6 +149,7 @@ async fn every_metrics_endpoint_passes_promtool_and_has_the_dashboard_families()
             "legato_ingest_watermark_sequence",
             "legato_ingest_consumer_pending_messages",
             "legato_ingest_consumer_ack_pending_messages",
+            "legato_ingest_publish_seconds_count",
         ] {
             assert!(
                 sample(text, series).is_some(),

@@ -209,3 +209,58 @@ async fn status_counts_live_entities() {
     assert!(after["syncToken"].is_string());
     p.shutdown().await;
 }
+
+/// A request too large for one bus envelope travels as several; its answer waits for every
+/// part's commit reply. Unkeyed requests get their replies through the edge's one shared
+/// subscription (routed by request id), keyed ones through a subscription of their own: both
+/// must come back 200 with every item, while small requests of other users run alongside.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_of_several_envelopes_are_answered_when_every_part_is_committed() {
+    let p = Pipeline::start(PipelineOptions::default()).await;
+    // 12 entries of ~200 KB: about four per envelope (the limit is 960 KiB), so three parts.
+    let big = |prefix: &str| {
+        let items: Vec<Value> = (0..12)
+            .map(|n| {
+                entry(
+                    &format!("{prefix}{n}"),
+                    1_750_000_000_000 + n,
+                    &"x".repeat(200_000),
+                )
+            })
+            .collect();
+        json!({"changes": {"entries": items}})
+    };
+    let (unkeyed_body, keyed_body) = (big("u"), big("k"));
+    let unkeyed = p.push("big_user", &unkeyed_body);
+    let keyed = p.post_with(
+        "big_user",
+        "/api/sync/push",
+        &keyed_body,
+        &[("X-Idempotency-Key", "several-parts")],
+    );
+    let shared = &p;
+    let small = futures::future::join_all((0..16).map(|n| {
+        let item = entry(&format!("s{n}"), 1_750_000_000_000, "small");
+        async move {
+            shared
+                .push(
+                    &format!("small_{n}"),
+                    &json!({"changes": {"entries": [item]}}),
+                )
+                .await
+        }
+    }));
+    let ((status, body), (keyed_status, _, keyed_body), small) =
+        tokio::join!(unkeyed, keyed, small);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["stats"]["entriesProcessed"], 12, "{body}");
+    assert_eq!(keyed_status, 200, "{keyed_body}");
+    assert_eq!(keyed_body["stats"]["entriesProcessed"], 12, "{keyed_body}");
+    for (n, (status, body)) in small.into_iter().enumerate() {
+        assert_eq!(status, 200, "small request {n}: {body}");
+        assert_eq!(body["stats"]["entriesProcessed"], 1, "{body}");
+    }
+    let (_, pulled) = p.pull("big_user", &json!({})).await;
+    assert_eq!(pulled["entries"].as_array().unwrap().len(), 24);
+    p.shutdown().await;
+}

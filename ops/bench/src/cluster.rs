@@ -233,3 +233,69 @@ pub fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
 pub fn token(user: &str) -> String {
     legato_edge::auth::issue_token(SECRET, user, 24 * 3600)
 }
+
+/// The mean of every histogram the services export (`_sum` ÷ `_count`, labels kept), one line
+/// each, from every admin port: where a request's time went, for `BENCH_DIAG=1`.
+pub async fn histogram_means(cluster: &Cluster) -> String {
+    let admins = cluster
+        .edges
+        .iter()
+        .map(|e| ("edge", e.admin))
+        .chain(cluster.ingest_admin.iter().map(|a| ("ingest", *a)))
+        .chain(cluster.fanout_admin.iter().map(|a| ("fanout", *a)));
+    let mut out = String::new();
+    for (name, admin) in admins {
+        let Ok(response) = reqwest::get(format!("http://{admin}/metrics")).await else {
+            continue;
+        };
+        let text = response.text().await.unwrap_or_default();
+        let value = |key: &str| -> Option<f64> {
+            text.lines()
+                .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.parse().ok())
+        };
+        for line in text.lines() {
+            let Some((key, sum)) = line.split_once(' ') else {
+                continue;
+            };
+            let Some(pos) = key.find("_sum") else {
+                continue;
+            };
+            let count_key = format!("{}_count{}", &key[..pos], &key[pos + 4..]);
+            let (Ok(sum), Some(count)) = (sum.parse::<f64>(), value(&count_key)) else {
+                continue;
+            };
+            if count > 0.0 {
+                // The first bucket holding 99 % of the observations: p99's upper bound.
+                let prefix = format!("{}_bucket{{", &key[..pos]);
+                let labels = key[pos + 4..].trim_start_matches('{').trim_end_matches('}');
+                let p99 = text
+                    .lines()
+                    .filter_map(|l| l.strip_prefix(&prefix))
+                    .filter(|l| labels.is_empty() || l.contains(labels))
+                    .filter_map(|l| {
+                        let le = l.split("le=\"").nth(1)?.split('"').next()?;
+                        let n: f64 = l.rsplit(' ').next()?.parse().ok()?;
+                        Some((le.to_owned(), n))
+                    })
+                    .collect::<Vec<_>>();
+                let over = |le: &str| {
+                    p99.iter()
+                        .find(|(l, _)| l == le)
+                        .map_or(0.0, |(_, n)| count - n)
+                };
+                let over_5ms = over("0.005");
+                let over_10ms = over("0.01");
+                let p99 = p99
+                    .into_iter()
+                    .find(|(_, n)| *n >= 0.99 * count)
+                    .map(|(le, _)| le)
+                    .unwrap_or_default();
+                out.push_str(&format!(
+                    "{name}: {key} mean {:.3} (x1000), p99 <= {p99}, over {count}; >5ms {over_5ms} >10ms {over_10ms}\n",
+                    1000.0 * sum / count
+                ));
+            }
+        }
+    }
+    out
+}

@@ -227,6 +227,9 @@ async fn latency(s: &Settings, max_rate: f64, report: &mut Report) -> anyhow::Re
         for _ in 0..s.runs {
             let cluster = Cluster::start(&scenarios::shape(1)).await?;
             let (a, b, c, f) = scenarios::push_latency(&cluster, rate, s.seconds).await?;
+            if std::env::var("BENCH_DIAG").is_ok() {
+                eprintln!("{}", cluster::histogram_means(&cluster).await);
+            }
             p50.push(stats::ms(a));
             p90.push(stats::ms(b));
             p99.push(stats::ms(c));

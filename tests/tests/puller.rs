@@ -1,0 +1,168 @@
+//! The fanout workers' continuous pull (`legato_runtime::nats::Puller`) against a real
+//! nats-server: a batch is what has arrived, in order and within its maximum, and stopping
+//! hands the messages pulled ahead but not taken straight back to other workers.
+
+use async_nats::jetstream::{self, consumer::PullConsumer, stream};
+use legato_runtime::nats::{self, ConsumerSettings, Fetched, Puller};
+use legato_tests::NatsServer;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+const WAIT: Duration = Duration::from_secs(5);
+
+async fn setup(nats: &NatsServer, ack_wait_secs: u64) -> (jetstream::Context, PullConsumer) {
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = jetstream::new(client);
+    let stream = js
+        .create_stream(stream::Config {
+            name: "PULLER".into(),
+            subjects: vec!["puller.>".into()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let settings = ConsumerSettings {
+        ack_wait_secs,
+        ..Default::default()
+    };
+    let consumer = nats::ensure_consumer(&stream, "work", &settings)
+        .await
+        .unwrap();
+    (js, consumer)
+}
+
+async fn publish(js: &jetstream::Context, count: usize) {
+    for n in 0..count {
+        js.publish("puller.x", n.to_string().into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+}
+
+fn payloads(fetched: Fetched) -> Vec<String> {
+    match fetched {
+        Fetched::Messages(messages) => messages
+            .iter()
+            .map(|m| String::from_utf8(m.payload.to_vec()).unwrap())
+            .collect(),
+        Fetched::Failed => panic!("pull failed"),
+        Fetched::Stopped => panic!("stopped"),
+    }
+}
+
+/// Takes batches until `count` messages came, acking each; returns them in order.
+async fn take(puller: &mut Puller, count: usize) -> Vec<jetstream::Message> {
+    let shutdown = CancellationToken::new();
+    let deadline = Instant::now() + WAIT;
+    let mut all = Vec::new();
+    while all.len() < count {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {count} came",
+            all.len()
+        );
+        match puller
+            .next_batch(Duration::from_millis(200), &shutdown)
+            .await
+        {
+            Fetched::Messages(messages) => all.extend(messages),
+            Fetched::Failed => panic!("pull failed"),
+            Fetched::Stopped => panic!("stopped"),
+        }
+    }
+    all
+}
+
+/// Messages the client has received so far (deliveries, acks of publishes, API replies).
+fn received(js: &jetstream::Context) -> u64 {
+    js.client()
+        .statistics()
+        .in_messages
+        .load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Waits until the client has received `count` more messages than `since`: the deliveries
+/// pulled behind the batch taken are then in the client, not on their way.
+async fn wait_received(js: &jetstream::Context, since: u64, count: u64) {
+    let deadline = Instant::now() + WAIT;
+    while received(js) < since + count {
+        assert!(Instant::now() < deadline, "the pull did not run ahead");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn batches_take_what_arrived_in_order_and_never_more_than_the_maximum() {
+    let nats = NatsServer::start();
+    let (js, consumer) = setup(&nats, 30).await;
+    let mut puller = Puller::new(consumer, 4);
+    let shutdown = CancellationToken::new();
+    // Nothing there: the wait runs out with an empty batch.
+    assert!(
+        payloads(
+            puller
+                .next_batch(Duration::from_millis(100), &shutdown)
+                .await
+        )
+        .is_empty()
+    );
+    publish(&js, 10).await;
+    let messages = take(&mut puller, 10).await;
+    let got: Vec<String> = messages
+        .iter()
+        .map(|m| String::from_utf8(m.payload.to_vec()).unwrap())
+        .collect();
+    let want: Vec<String> = (0..10).map(|n| n.to_string()).collect();
+    assert_eq!(got, want, "in stream order, each once");
+    for m in &messages {
+        m.ack().await.unwrap();
+    }
+    // The batches were at most 4: ask again with all 10 there at once.
+    publish(&js, 10).await;
+    let deadline = Instant::now() + WAIT;
+    let mut seen = 0;
+    while seen < 10 {
+        assert!(Instant::now() < deadline);
+        let batch = payloads(puller.next_batch(WAIT, &shutdown).await);
+        assert!(batch.len() <= 4, "a batch of {} (maximum 4)", batch.len());
+        seen += batch.len();
+    }
+}
+
+#[tokio::test]
+async fn stopping_hands_untaken_messages_back_at_once() {
+    let nats = NatsServer::start();
+    // A long ack wait: only the hand-back can make them available again in time.
+    let (js, consumer) = setup(&nats, 60).await;
+    let mut puller = Puller::new(consumer.clone(), 2);
+    let shutdown = CancellationToken::new();
+    publish(&js, 4).await;
+    let since = received(&js);
+    let first = match puller.next_batch(WAIT, &shutdown).await {
+        Fetched::Messages(messages) => messages,
+        _ => panic!("no batch"),
+    };
+    assert!(
+        !first.is_empty() && first.len() <= 2,
+        "{} messages",
+        first.len()
+    );
+    for m in &first {
+        m.ack().await.unwrap();
+    }
+    let behind = 4 - first.len();
+    wait_received(&js, since, 4).await;
+    puller.stop().await;
+    // Another worker gets them at once, not after the 60 s ack wait.
+    let mut other = Puller::new(consumer, 8);
+    let rest = take(&mut other, behind).await;
+    let got: Vec<String> = rest
+        .iter()
+        .map(|m| String::from_utf8(m.payload.to_vec()).unwrap())
+        .collect();
+    let want: Vec<String> = (first.len()..4).map(|n| n.to_string()).collect();
+    assert_eq!(got, want);
+}
