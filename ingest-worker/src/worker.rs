@@ -122,6 +122,7 @@ impl Worker {
         shutdown: &CancellationToken,
     ) {
         let batch = &self.config.batch;
+        let mut fetcher = nats::Fetcher::new(self.js.clone(), &consumer);
         let mut last_purge = std::time::Instant::now();
         while !shutdown.is_cancelled() {
             if last_purge.elapsed() >= PURGE_EVERY {
@@ -132,17 +133,19 @@ impl Worker {
                 }
             }
             let expires = Duration::from_millis(batch.fetch_expires_ms);
-            let messages =
-                match nats::fetch_batch(&consumer, batch.max_messages, expires, shutdown).await {
-                    nats::Fetched::Messages(messages) => messages,
-                    nats::Fetched::Failed => {
-                        if !pause(shutdown, Duration::from_millis(250)).await {
-                            break;
-                        }
-                        continue;
+            let messages = match fetcher
+                .next_batch(batch.max_messages, expires, shutdown)
+                .await
+            {
+                nats::Fetched::Messages(messages) => messages,
+                nats::Fetched::Failed => {
+                    if !pause(shutdown, Duration::from_millis(250)).await {
+                        break;
                     }
-                    nats::Fetched::Stopped => break,
-                };
+                    continue;
+                }
+                nats::Fetched::Stopped => break,
+            };
             if let Some(batch) = self.apply(messages, shutdown).await
                 && applied.send(batch).await.is_err()
             {

@@ -314,7 +314,7 @@ pub async fn ingest_backlog(js: &jetstream::Context) -> Result<IngestBacklog, Bu
     })
 }
 
-/// What one [`fetch_batch`] or [`Puller::next_batch`] brought.
+/// What one [`Fetcher::next_batch`] or [`Puller::next_batch`] brought.
 pub enum Fetched {
     /// What arrived (empty when nothing did within the wait).
     Messages(Vec<jetstream::Message>),
@@ -324,52 +324,143 @@ pub enum Fetched {
     Stopped,
 }
 
-/// Fetches up to `max` messages from a pull consumer with one pull request, waiting at most
-/// `expires` for the first: messages are assigned to this worker only when it is ready for
-/// them, so several workers share the load and a stalled one holds only its batch (the
-/// ingest workers). Gathering is bounded by `expires` + 1 s (a broker that vanished mid-fetch never
-/// ends the batch) and ends early on `shutdown`, keeping what already arrived.
-pub async fn fetch_batch(
-    consumer: &consumer::PullConsumer,
-    max: usize,
-    expires: Duration,
+/// `opening` (a subscription or a pull), unless shutdown comes first; a failure is logged.
+async fn open<T, E: std::fmt::Display>(
+    opening: impl std::future::Future<Output = Result<T, E>>,
     shutdown: &tokio_util::sync::CancellationToken,
-) -> Fetched {
-    use futures::StreamExt;
-    let fetched = tokio::select! {
-        r = consumer.fetch().max_messages(max).expires(expires).messages() => r,
-        _ = shutdown.cancelled() => return Fetched::Stopped,
-    };
-    let mut stream = match fetched {
-        Ok(stream) => stream,
-        Err(e) => {
-            tracing::warn!(error = %e, "fetch failed");
-            return Fetched::Failed;
-        }
-    };
-    let gather_until = tokio::time::Instant::now() + expires + Duration::from_secs(1);
-    let mut messages = Vec::with_capacity(max);
-    loop {
-        let next = tokio::select! {
-            next = tokio::time::timeout_at(gather_until, stream.next()) => next,
-            _ = shutdown.cancelled() => break,
-        };
-        match next {
-            Ok(Some(Ok(m))) => messages.push(m),
-            Ok(Some(Err(e))) => {
-                tracing::debug!(error = %e, "fetch ended early");
-                break;
-            }
-            Ok(None) | Err(_) => break,
+    what: &str,
+) -> Result<T, Fetched> {
+    tokio::select! {
+        r = opening => r.map_err(|e| {
+            tracing::warn!(error = %e, "opening the {what} failed");
+            Fetched::Failed
+        }),
+        _ = shutdown.cancelled() => Err(Fetched::Stopped),
+    }
+}
+
+/// A worker's fetches from its consumer: one pull request per batch, sent when the worker is
+/// ready for it, so messages are assigned to a worker only then — several workers share the
+/// load, and a stalled one holds only its batch (the ingest workers fetch this way). The
+/// deliveries come to one inbox subscription made once, where a fetch of the client library
+/// makes and drops a subscription on the broker for every batch (at one item per request,
+/// for every request).
+pub struct Fetcher {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    /// `$JS.API.CONSUMER.MSG.NEXT.<stream>.<consumer>`.
+    next_subject: String,
+    /// Every request's reply subject is `<inbox>.<n>`.
+    inbox: String,
+    requests: u64,
+    subscription: Option<async_nats::Subscriber>,
+}
+
+impl Fetcher {
+    pub fn new(js: jetstream::Context, consumer: &consumer::PullConsumer) -> Fetcher {
+        let info = consumer.cached_info();
+        Fetcher {
+            next_subject: format!(
+                "$JS.API.CONSUMER.MSG.NEXT.{}.{}",
+                info.stream_name, info.name
+            ),
+            inbox: js.client().new_inbox(),
+            client: js.client(),
+            js,
+            requests: 0,
+            subscription: None,
         }
     }
-    Fetched::Messages(messages)
+
+    /// Up to `max` messages with one pull request, which the broker holds at most `expires`
+    /// for a first message and ends once it has delivered what there is. Gathering is bounded
+    /// by `expires` + 1 s (a request lost with the connection never ends) and ends early on
+    /// `shutdown`, keeping what already arrived. A delivery that comes after its request's
+    /// gathering ended is a message of this worker all the same: the next batch takes it.
+    pub async fn next_batch(
+        &mut self,
+        max: usize,
+        expires: Duration,
+        shutdown: &tokio_util::sync::CancellationToken,
+    ) -> Fetched {
+        use async_nats::StatusCode;
+        use futures::StreamExt;
+        let max = max.max(1);
+        if self.subscription.is_none() {
+            let inbox = format!("{}.*", self.inbox);
+            match open(self.client.subscribe(inbox), shutdown, "fetch inbox").await {
+                Ok(subscription) => self.subscription = Some(subscription),
+                Err(stopped_or_failed) => return stopped_or_failed,
+            }
+        }
+        self.requests += 1;
+        let reply = format!("{}.{}", self.inbox, self.requests);
+        let request = serde_json::json!({
+            "batch": max,
+            "expires": u64::try_from(expires.as_nanos()).unwrap_or(u64::MAX),
+            "no_wait": true,
+        });
+        let sent = self
+            .client
+            .publish_with_reply(
+                self.next_subject.clone(),
+                reply.clone(),
+                request.to_string().into(),
+            )
+            .await;
+        if let Err(e) = sent {
+            tracing::warn!(error = %e, "fetch request not sent");
+            return Fetched::Failed;
+        }
+        let Some(subscription) = self.subscription.as_mut() else {
+            return Fetched::Failed;
+        };
+        let gather_until = tokio::time::Instant::now() + expires + Duration::from_secs(1);
+        let mut messages = Vec::with_capacity(max);
+        while messages.len() < max {
+            let next = tokio::select! {
+                next = tokio::time::timeout_at(gather_until, subscription.next()) => next,
+                _ = shutdown.cancelled() => break,
+            };
+            let message = match next {
+                Ok(Some(message)) => message,
+                // The subscription ended (the client is closing): subscribe again next time.
+                Ok(None) => {
+                    self.subscription = None;
+                    break;
+                }
+                Err(_) => break,
+            };
+            match message.status {
+                None | Some(StatusCode::OK) => messages.push(jetstream::Message {
+                    message,
+                    context: self.js.clone(),
+                }),
+                Some(StatusCode::IDLE_HEARTBEAT) => {}
+                // The end of this request: no (more) messages, or it expired.
+                Some(StatusCode::NOT_FOUND | StatusCode::TIMEOUT)
+                    if message.subject.as_str() == reply =>
+                {
+                    break;
+                }
+                // Another status for this request (such as 409 at the consumer's ack-pending
+                // limit) ends it too.
+                Some(status) if message.subject.as_str() == reply => {
+                    tracing::debug!(%status, description = ?message.description, "fetch ended early");
+                    break;
+                }
+                // The end of an earlier request, whose gathering had already ended.
+                Some(_) => {}
+            }
+        }
+        Fetched::Messages(messages)
+    }
 }
 
 /// A worker's continuous pull from its consumer: one subscription and a pull request that is
 /// renewed before it runs out, so the next messages are already here when the worker is done
-/// with the last ones, where [`fetch_batch`] waits a broker round trip after every batch and
-/// makes and drops a subscription each time. The price: messages are assigned to the worker
+/// with the last ones, where a [`Fetcher`] waits a broker round trip after every batch. The
+/// price: messages are assigned to the worker
 /// ahead of time, so a stalled worker holds them until their ack wait runs out, and several
 /// workers share the load less evenly. The fanout workers pull this way (their latency is a
 /// session's delivery latency); the ingest workers fetch.
@@ -403,22 +494,16 @@ impl Puller {
     ) -> Fetched {
         use futures::{FutureExt, StreamExt};
         if self.stream.is_none() {
-            let opened = tokio::select! {
-                r = self
-                    .consumer
-                    .stream()
-                    .max_messages_per_batch(2 * self.max)
-                    .expires(PULL_EXPIRES)
-                    .heartbeat(PULL_EXPIRES / 5)
-                    .messages() => r,
-                _ = shutdown.cancelled() => return Fetched::Stopped,
-            };
-            match opened {
+            let opening = self
+                .consumer
+                .stream()
+                .max_messages_per_batch(2 * self.max)
+                .expires(PULL_EXPIRES)
+                .heartbeat(PULL_EXPIRES / 5)
+                .messages();
+            match open(opening, shutdown, "pull").await {
                 Ok(stream) => self.stream = Some(stream),
-                Err(e) => {
-                    tracing::warn!(error = %e, "pull failed");
-                    return Fetched::Failed;
-                }
+                Err(stopped_or_failed) => return stopped_or_failed,
             }
         }
         let Some(stream) = self.stream.as_mut() else {

@@ -1,9 +1,11 @@
-//! The fanout workers' continuous pull (`legato_runtime::nats::Puller`) against a real
-//! nats-server: a batch is what has arrived, in order and within its maximum, and stopping
-//! hands the messages pulled ahead but not taken straight back to other workers.
+//! The workers' pulls against a real nats-server. The fanout's continuous pull
+//! (`legato_runtime::nats::Puller`): a batch is what has arrived, in order and within its
+//! maximum, and stopping hands the messages pulled ahead but not taken straight back to other
+//! workers. The ingest's fetches (`Fetcher`): one waits for a first message, takes what there
+//! is, and leaves the rest to other workers.
 
 use async_nats::jetstream::{self, consumer::PullConsumer, stream};
-use legato_runtime::nats::{self, ConsumerSettings, Fetched, Puller};
+use legato_runtime::nats::{self, ConsumerSettings, Fetched, Fetcher, Puller};
 use legato_tests::NatsServer;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -165,4 +167,50 @@ async fn stopping_hands_untaken_messages_back_at_once() {
         .collect();
     let want: Vec<String> = (first.len()..4).map(|n| n.to_string()).collect();
     assert_eq!(got, want);
+}
+
+#[tokio::test]
+async fn a_fetch_waits_for_a_first_message_and_leaves_the_rest_to_other_workers() {
+    let nats = NatsServer::start();
+    let (js, consumer) = setup(&nats, 30).await;
+    let mut fetcher = Fetcher::new(js.clone(), &consumer);
+    let shutdown = CancellationToken::new();
+    // Nothing there: the request is held for its expiry, not answered at once (a worker
+    // would otherwise spin on empty fetches).
+    let started = Instant::now();
+    let empty = payloads(
+        fetcher
+            .next_batch(4, Duration::from_millis(500), &shutdown)
+            .await,
+    );
+    assert!(empty.is_empty());
+    assert!(
+        started.elapsed() >= Duration::from_millis(400),
+        "an empty fetch returned after {:?}",
+        started.elapsed()
+    );
+    // A message published while a fetch waits is what that fetch returns.
+    let publisher = {
+        let js = js.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            publish(&js, 1).await;
+        })
+    };
+    let got = payloads(fetcher.next_batch(4, WAIT, &shutdown).await);
+    publisher.await.unwrap();
+    assert_eq!(got, ["0"]);
+    // Five more: a fetch of two takes two, and the other three stay with the broker for
+    // whichever worker asks next.
+    publish(&js, 5).await;
+    let mut got = Vec::new();
+    let deadline = Instant::now() + WAIT;
+    while got.len() < 2 {
+        assert!(Instant::now() < deadline);
+        got.extend(payloads(fetcher.next_batch(2, WAIT, &shutdown).await));
+    }
+    assert_eq!(got, ["0", "1"]);
+    let mut other = Fetcher::new(js.clone(), &consumer);
+    let rest = payloads(other.next_batch(8, WAIT, &shutdown).await);
+    assert_eq!(rest, ["2", "3", "4"]);
 }
