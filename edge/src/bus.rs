@@ -13,6 +13,7 @@ use legato_schema::write::WriteItem;
 use legato_schema::{ChangeSeq, Clock, DeviceId, UserId, subject};
 use legato_store::SharedStore;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -95,10 +96,14 @@ impl Bus {
         &self.client
     }
 
-    async fn shared_replies(&self) -> Result<&SharedReplies, BusError> {
-        self.replies
+    /// The edge's shared reply subscription, made at the first call; `None` once it has
+    /// ended (the client is closing).
+    async fn shared_replies(&self) -> Result<Option<&SharedReplies>, BusError> {
+        let shared = self
+            .replies
             .get_or_try_init(|| SharedReplies::start(&self.client))
-            .await
+            .await?;
+        Ok(shared.live.load(Ordering::Acquire).then_some(shared))
     }
 
     pub fn jetstream(&self) -> &jetstream::Context {
@@ -115,17 +120,32 @@ impl Bus {
         let parts = split(request.items, self.max_envelope_bytes);
         let part_count = parts.len();
         // Subscribe before publishing so no reply can be missed.
-        let (base, mut replies) = match &request.idempotency {
+        let shared = match request.idempotency {
+            None => self.shared_replies().await?,
+            Some(_) => None,
+        };
+        let (base, mut replies) = match (&request.idempotency, shared) {
+            // Any other id than a keyed one only has to be unique: it starts with this edge's
+            // token, so its replies come through the edge's one subscription instead of a
+            // subscription made and dropped on the broker for every request.
+            (None, Some(shared)) => {
+                let (base, waiting) = shared.wait(part_count);
+                (base, Replies::Shared(waiting))
+            }
             // A keyed request has a deterministic id: a retry publishes the same message ids
             // (so JetStream drops it inside the duplicate window) and finds the same recorded
             // outcomes, perhaps through another edge. Its replies get a subscription of their
-            // own; one part (the usual case) a literal subject, which the broker inserts and
-            // removes without scanning its match cache as it does for every wildcard one.
-            Some(i) => {
-                let base = sha256_hex(
-                    format!("{}\0{}\0{}", request.user, i.key, i.request_hash).as_bytes(),
-                )[..32]
-                    .to_owned();
+            // own (as an unkeyed one's do if the shared one has ended); one part (the usual
+            // case) a literal subject, which the broker inserts and removes without scanning
+            // its match cache as it does for every wildcard one.
+            (key, _) => {
+                let base = match key {
+                    Some(i) => sha256_hex(
+                        format!("{}\0{}\0{}", request.user, i.key, i.request_hash).as_bytes(),
+                    )[..32]
+                        .to_owned(),
+                    None => uuid::Uuid::new_v4().simple().to_string(),
+                };
                 let replies_subject = if part_count == 1 {
                     subject::done(&format!("{base}.0"))
                 } else {
@@ -137,13 +157,6 @@ impl Bus {
                     .await
                     .map_err(|_| BusError::Unavailable)?;
                 (base, Replies::Own(subscription))
-            }
-            // Any other id only has to be unique: it starts with this edge's token, so its
-            // replies come through the edge's one subscription instead of a subscription
-            // made and dropped on the broker for every request.
-            None => {
-                let (base, waiting) = self.shared_replies().await?.wait();
-                (base, Replies::Shared(waiting))
             }
         };
         let subject = subject::ingest(&request.user);
@@ -376,15 +389,18 @@ impl Replies {
     }
 }
 
-type Routes = Arc<Mutex<HashMap<String, mpsc::UnboundedSender<async_nats::Message>>>>;
+type Routes = Arc<Mutex<HashMap<String, mpsc::Sender<async_nats::Message>>>>;
 
 /// One subscription per edge, `sync.done.<token>.>`, for the commit replies of every unkeyed
 /// request (whose ids are `<token>.<uuid>.<part>`), and a task handing each reply to the
 /// request waiting for it. A reply nobody waits for any more (the commit wait ran out) is
-/// dropped. The client subscribes again by itself after a reconnect.
+/// dropped. The client subscribes again by itself after a reconnect; if the subscription
+/// ends, the task marks it so and closes every route (their requests stop waiting), and
+/// later requests subscribe on their own.
 struct SharedReplies {
     token: String,
     routes: Routes,
+    live: Arc<AtomicBool>,
 }
 
 impl SharedReplies {
@@ -396,7 +412,8 @@ impl SharedReplies {
             .await
             .map_err(|_| BusError::Unavailable)?;
         let routes = Routes::default();
-        let table = Arc::clone(&routes);
+        let live = Arc::new(AtomicBool::new(true));
+        let (table, alive) = (Arc::clone(&routes), Arc::clone(&live));
         tokio::spawn(async move {
             while let Some(message) = subscription.next().await {
                 // `sync.done.<token>.<uuid>.<part>`: routed by the uuid.
@@ -407,18 +424,26 @@ impl SharedReplies {
                     .map(|(uuid, _part)| uuid);
                 let Some(base) = key else { continue };
                 if let Some(waiting) = table.lock().expect("reply routes lock").get(base) {
-                    let _ = waiting.send(message);
+                    // Full only with repeated replies (redeliveries) of an unread request.
+                    let _ = waiting.try_send(message);
                 }
             }
+            alive.store(false, Ordering::Release);
+            table.lock().expect("reply routes lock").clear();
+            tracing::warn!("the shared commit-reply subscription ended");
         });
-        Ok(SharedReplies { token, routes })
+        Ok(SharedReplies {
+            token,
+            routes,
+            live,
+        })
     }
 
     /// A new request base, `<token>.<uuid>`, and the receiver of the replies to its request
     /// ids `<base>.<part>` (routed there until it is dropped).
-    fn wait(&self) -> (String, Waiting) {
+    fn wait(&self, parts: usize) -> (String, Waiting) {
         let key = uuid::Uuid::new_v4().simple().to_string();
-        let (sender, receiver) = mpsc::unbounded_channel();
+        let (sender, receiver) = mpsc::channel(2 * parts.max(1));
         self.routes
             .lock()
             .expect("reply routes lock")
@@ -437,7 +462,7 @@ impl SharedReplies {
 struct Waiting {
     key: String,
     routes: Routes,
-    receiver: mpsc::UnboundedReceiver<async_nats::Message>,
+    receiver: mpsc::Receiver<async_nats::Message>,
 }
 
 impl Drop for Waiting {
@@ -492,6 +517,35 @@ mod tests {
             deleted_at: None,
             checksum: "0".repeat(64),
         }
+    }
+
+    #[test]
+    fn a_shared_route_lives_as_long_as_its_request_waits() {
+        let shared = SharedReplies {
+            token: "edge".into(),
+            routes: Routes::default(),
+            live: Arc::new(AtomicBool::new(true)),
+        };
+        let (first, waiting) = shared.wait(3);
+        let (second, other) = shared.wait(1);
+        assert!(first.starts_with("edge.") && second.starts_with("edge."));
+        assert_ne!(first, second);
+        // Routed by the uuid after the token; the route takes a reply per part and a repeat.
+        let key = first.strip_prefix("edge.").unwrap();
+        let sender = shared.routes.lock().unwrap().get(key).cloned().unwrap();
+        assert_eq!(sender.max_capacity(), 6);
+        drop(sender);
+        drop(waiting);
+        assert_eq!(
+            shared.routes.lock().unwrap().len(),
+            1,
+            "the other still waits"
+        );
+        drop(other);
+        assert!(
+            shared.routes.lock().unwrap().is_empty(),
+            "a route outlived its request"
+        );
     }
 
     #[test]

@@ -30,8 +30,8 @@ pub struct FanoutConfig {
     pub consumer: ConsumerSettings,
     /// Committed batches fetched (and coalesced) together.
     pub max_batch: usize,
-    /// How long the worker waits for a first batch before checking for shutdown again (the
-    /// pull itself stays open; batches are taken as soon as they arrive).
+    /// How long the worker waits for a first batch before it goes round its loop with an
+    /// empty one (the pull itself stays open; batches are taken as soon as they arrive).
     pub fetch_expires_ms: u64,
     /// How often the delivery watermark is read from the broker, beside the publishing loop
     /// (frames carry the last value read).

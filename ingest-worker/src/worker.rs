@@ -152,6 +152,7 @@ impl Worker {
                 break;
             }
         }
+        fetcher.stop().await;
     }
 
     async fn terminate(&self, message: &jetstream::Message, reason: &'static str) {
@@ -350,9 +351,11 @@ impl Worker {
                 Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
                 Err(e) => Err(e.to_string()),
             };
-            self.metrics
-                .publish_seconds
-                .observe(started.elapsed().as_secs_f64());
+            if acked.is_ok() {
+                self.metrics
+                    .publish_seconds
+                    .observe(started.elapsed().as_secs_f64());
+            }
             if let Err(e) = acked {
                 // Not acked: the message comes back and is published again.
                 tracing::warn!(error = %e, seq = d.seq, "publish to SYNC_OUT failed");

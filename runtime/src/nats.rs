@@ -318,7 +318,8 @@ pub async fn ingest_backlog(js: &jetstream::Context) -> Result<IngestBacklog, Bu
 pub enum Fetched {
     /// What arrived (empty when nothing did within the wait).
     Messages(Vec<jetstream::Message>),
-    /// The pull failed (broker unreachable, consumer gone and the like): back off and retry.
+    /// The pull failed (broker unreachable, the consumer refusing the request or gone): back
+    /// off and retry.
     Failed,
     /// Shutdown came first.
     Stopped,
@@ -339,12 +340,22 @@ async fn open<T, E: std::fmt::Display>(
     }
 }
 
+/// Hands messages delivered to this worker but not taken back to the consumer (nak), so
+/// another worker gets them now rather than after their ack wait.
+async fn hand_back(untaken: Vec<jetstream::Message>) {
+    for m in untaken {
+        if let Err(e) = m.ack_with(jetstream::AckKind::Nak(None)).await {
+            tracing::debug!(error = %e, "handing back an untaken message");
+        }
+    }
+}
+
 /// A worker's fetches from its consumer: one pull request per batch, sent when the worker is
 /// ready for it, so messages are assigned to a worker only then — several workers share the
 /// load, and a stalled one holds only its batch (the ingest workers fetch this way). The
 /// deliveries come to one inbox subscription made once, where a fetch of the client library
 /// makes and drops a subscription on the broker for every batch (at one item per request,
-/// for every request).
+/// for every request). Uses the default JetStream API prefix, as every context here does.
 pub struct Fetcher {
     client: async_nats::Client,
     js: jetstream::Context,
@@ -372,11 +383,41 @@ impl Fetcher {
         }
     }
 
+    fn message(&self, message: async_nats::Message) -> jetstream::Message {
+        jetstream::Message {
+            message,
+            context: self.js.clone(),
+        }
+    }
+
+    /// Deliveries already in the inbox, from a request whose gathering ended before they came
+    /// (its expiry ran out, or the connection dropped and the request went out again): they
+    /// are this worker's, so they make the next batch, without asking for more. Ends of
+    /// earlier requests are dropped.
+    fn arrived(&mut self, max: usize) -> Vec<jetstream::Message> {
+        use futures::{FutureExt, StreamExt};
+        let mut messages = Vec::new();
+        while messages.len() < max {
+            let Some(subscription) = self.subscription.as_mut() else {
+                break;
+            };
+            match subscription.next().now_or_never() {
+                Some(Some(m)) if m.status.is_none_or(|s| s == async_nats::StatusCode::OK) => {
+                    messages.push(self.message(m))
+                }
+                Some(Some(_)) => {}
+                Some(None) => self.subscription = None,
+                None => break,
+            }
+        }
+        messages
+    }
+
     /// Up to `max` messages with one pull request, which the broker holds at most `expires`
     /// for a first message and ends once it has delivered what there is. Gathering is bounded
     /// by `expires` + 1 s (a request lost with the connection never ends) and ends early on
-    /// `shutdown`, keeping what already arrived. A delivery that comes after its request's
-    /// gathering ended is a message of this worker all the same: the next batch takes it.
+    /// `shutdown`, keeping what already arrived. Deliveries already here are taken first,
+    /// without a request.
     pub async fn next_batch(
         &mut self,
         max: usize,
@@ -392,6 +433,15 @@ impl Fetcher {
                 Ok(subscription) => self.subscription = Some(subscription),
                 Err(stopped_or_failed) => return stopped_or_failed,
             }
+        }
+        let mut messages = self.arrived(max);
+        if !messages.is_empty() {
+            return Fetched::Messages(messages);
+        }
+        // A request made while disconnected would wait in the client and reach the broker
+        // with every other one at the reconnect.
+        if !is_connected(&self.client) {
+            return Fetched::Failed;
         }
         self.requests += 1;
         let reply = format!("{}.{}", self.inbox, self.requests);
@@ -412,12 +462,11 @@ impl Fetcher {
             tracing::warn!(error = %e, "fetch request not sent");
             return Fetched::Failed;
         }
-        let Some(subscription) = self.subscription.as_mut() else {
-            return Fetched::Failed;
-        };
         let gather_until = tokio::time::Instant::now() + expires + Duration::from_secs(1);
-        let mut messages = Vec::with_capacity(max);
         while messages.len() < max {
+            let Some(subscription) = self.subscription.as_mut() else {
+                break;
+            };
             let next = tokio::select! {
                 next = tokio::time::timeout_at(gather_until, subscription.next()) => next,
                 _ = shutdown.cancelled() => break,
@@ -431,22 +480,20 @@ impl Fetcher {
                 }
                 Err(_) => break,
             };
+            let own = message.subject.as_str() == reply;
             match message.status {
-                None | Some(StatusCode::OK) => messages.push(jetstream::Message {
-                    message,
-                    context: self.js.clone(),
-                }),
+                None | Some(StatusCode::OK) => messages.push(self.message(message)),
                 Some(StatusCode::IDLE_HEARTBEAT) => {}
                 // The end of this request: no (more) messages, or it expired.
-                Some(StatusCode::NOT_FOUND | StatusCode::TIMEOUT)
-                    if message.subject.as_str() == reply =>
-                {
-                    break;
-                }
-                // Another status for this request (such as 409 at the consumer's ack-pending
-                // limit) ends it too.
-                Some(status) if message.subject.as_str() == reply => {
-                    tracing::debug!(%status, description = ?message.description, "fetch ended early");
+                Some(StatusCode::NOT_FOUND | StatusCode::TIMEOUT) if own => break,
+                // The consumer refused this request (a 409: a limit set on the consumer, or it
+                // is being deleted): a failure to back off from, not an empty batch to retry
+                // at once.
+                Some(status) if own => {
+                    tracing::warn!(%status, description = ?message.description, "fetch refused");
+                    if messages.is_empty() {
+                        return Fetched::Failed;
+                    }
                     break;
                 }
                 // The end of an earlier request, whose gathering had already ended.
@@ -455,15 +502,33 @@ impl Fetcher {
         }
         Fetched::Messages(messages)
     }
+
+    /// Stops fetching: unsubscribes and hands back what arrived but was not taken. (The rest
+    /// of a request still open comes back after its ack wait.)
+    pub async fn stop(&mut self) {
+        let mut untaken = self.arrived(usize::MAX);
+        if let Some(mut subscription) = self.subscription.take() {
+            let _ = subscription.unsubscribe().await;
+            // What came between the last look and the unsubscribe.
+            use futures::{FutureExt, StreamExt};
+            while let Some(Some(m)) = subscription.next().now_or_never() {
+                if m.status.is_none() {
+                    untaken.push(self.message(m));
+                }
+            }
+        }
+        hand_back(untaken).await;
+    }
 }
 
 /// A worker's continuous pull from its consumer: one subscription and a pull request that is
 /// renewed before it runs out, so the next messages are already here when the worker is done
 /// with the last ones, where a [`Fetcher`] waits a broker round trip after every batch. The
-/// price: messages are assigned to the worker
-/// ahead of time, so a stalled worker holds them until their ack wait runs out, and several
-/// workers share the load less evenly. The fanout workers pull this way (their latency is a
-/// session's delivery latency); the ingest workers fetch.
+/// price: messages are assigned to the worker ahead of time, so a stalled worker holds them
+/// until their ack wait runs out, and several workers share the load less evenly. The fanout
+/// workers pull this way (their latency is a session's delivery latency); the ingest workers
+/// fetch.
+///
 /// The pull asks for `2 × max` messages and is renewed when `max` of them are left, so a
 /// full batch never drains it; at most `3 × max` messages are in flight to this worker.
 pub struct Puller {
@@ -506,44 +571,37 @@ impl Puller {
                 Err(stopped_or_failed) => return stopped_or_failed,
             }
         }
-        let Some(stream) = self.stream.as_mut() else {
-            return Fetched::Failed;
-        };
-        let first = tokio::select! {
-            next = tokio::time::timeout(wait, stream.next()) => next,
-            _ = shutdown.cancelled() => {
-                self.stop().await;
-                return Fetched::Stopped;
-            }
-        };
         let mut messages = Vec::with_capacity(self.max);
-        match first {
-            Err(_) => return Fetched::Messages(messages),
-            Ok(Some(Ok(m))) => messages.push(m),
-            Ok(Some(Err(e))) => {
-                tracing::warn!(error = %e, "pull interrupted; pulling anew");
-                self.stream = None;
-                return Fetched::Failed;
+        let mut ended = false;
+        if let Some(stream) = self.stream.as_mut() {
+            let first = tokio::select! {
+                next = tokio::time::timeout(wait, stream.next()) => next,
+                _ = shutdown.cancelled() => {
+                    self.stop().await;
+                    return Fetched::Stopped;
+                }
+            };
+            match first {
+                Err(_) => return Fetched::Messages(messages),
+                Ok(Some(Ok(m))) => messages.push(m),
+                Ok(Some(Err(e))) => ended = pull_ended(&e),
+                Ok(None) => ended = true,
             }
-            Ok(None) => {
-                self.stream = None;
-                return Fetched::Failed;
+            while !ended && !messages.is_empty() && messages.len() < self.max {
+                match stream.next().now_or_never() {
+                    Some(Some(Ok(m))) => messages.push(m),
+                    Some(Some(Err(e))) => ended = pull_ended(&e),
+                    Some(None) => ended = true,
+                    None => break,
+                }
             }
         }
-        while messages.len() < self.max {
-            match stream.next().now_or_never() {
-                Some(Some(Ok(m))) => messages.push(m),
-                Some(Some(Err(e))) => {
-                    // What arrived before is still ours to process; the next call pulls anew.
-                    tracing::warn!(error = %e, "pull interrupted; pulling anew");
-                    self.stream = None;
-                    break;
-                }
-                Some(None) => {
-                    self.stream = None;
-                    break;
-                }
-                None => break,
+        if ended {
+            // What arrived before is still ours to process; the rest of the pull goes back,
+            // and the next call pulls anew.
+            self.stop().await;
+            if messages.is_empty() {
+                return Fetched::Failed;
             }
         }
         Fetched::Messages(messages)
@@ -560,10 +618,19 @@ impl Puller {
                 untaken.push(m);
             }
         }
-        for m in untaken {
-            if let Err(e) = m.ack_with(jetstream::AckKind::Nak(None)).await {
-                tracing::debug!(error = %e, "handing back an untaken message");
-            }
-        }
+        hand_back(untaken).await;
     }
+}
+
+/// Whether an error of a continuous pull ends it. The client recovers from the others by
+/// itself (a missed heartbeat, a failed request after a reconnect): they are logged and the
+/// pull goes on, keeping what it holds.
+fn pull_ended(e: &consumer::pull::MessagesError) -> bool {
+    use consumer::pull::MessagesErrorKind as Kind;
+    let ended = matches!(
+        e.kind(),
+        Kind::ConsumerDeleted | Kind::PushBasedConsumer | Kind::RequestLimitExceeded
+    );
+    tracing::warn!(error = %e, ended, "pull interrupted");
+    ended
 }

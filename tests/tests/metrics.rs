@@ -144,12 +144,15 @@ async fn every_metrics_endpoint_passes_promtool_and_has_the_dashboard_families()
             sample(text, applies).is_some_and(|v| v >= 1.0),
             "ingest /metrics lacks a timed apply:\n{text}"
         );
+        assert!(
+            sample(text, "legato_ingest_publish_seconds_count").is_some_and(|v| v >= 1.0),
+            "ingest /metrics lacks a timed SYNC_OUT publish:\n{text}"
+        );
         for series in [
             "legato_ingest_watermark_lag_messages",
             "legato_ingest_watermark_sequence",
             "legato_ingest_consumer_pending_messages",
             "legato_ingest_consumer_ack_pending_messages",
-            "legato_ingest_publish_seconds_count",
         ] {
             assert!(
                 sample(text, series).is_some(),

@@ -262,5 +262,13 @@ async fn requests_of_several_envelopes_are_answered_when_every_part_is_committed
     }
     let (_, pulled) = p.pull("big_user", &json!({})).await;
     assert_eq!(pulled["entries"].as_array().unwrap().len(), 24);
+    // The big ones did travel as several envelopes: 16 small messages and at least 3 + 3.
+    let js = async_nats::jetstream::new(async_nats::connect(p.nats.url()).await.unwrap());
+    let mut sync_in = js
+        .get_stream(legato_schema::subject::SYNC_IN_STREAM)
+        .await
+        .unwrap();
+    let messages = sync_in.info().await.unwrap().state.last_sequence;
+    assert!(messages >= 22, "{messages} messages in SYNC_IN");
     p.shutdown().await;
 }

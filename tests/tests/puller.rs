@@ -12,7 +12,8 @@ use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(5);
 
-async fn setup(nats: &NatsServer, ack_wait_secs: u64) -> (jetstream::Context, PullConsumer) {
+/// A work-queue stream `PULLER` on `puller.>`.
+async fn work_queue(nats: &NatsServer) -> (jetstream::Context, stream::Stream) {
     let client = async_nats::connect(nats.url()).await.unwrap();
     let js = jetstream::new(client);
     let stream = js
@@ -24,6 +25,11 @@ async fn setup(nats: &NatsServer, ack_wait_secs: u64) -> (jetstream::Context, Pu
         })
         .await
         .unwrap();
+    (js, stream)
+}
+
+async fn setup(nats: &NatsServer, ack_wait_secs: u64) -> (jetstream::Context, PullConsumer) {
+    let (js, stream) = work_queue(nats).await;
     let settings = ConsumerSettings {
         ack_wait_secs,
         ..Default::default()
@@ -213,4 +219,38 @@ async fn a_fetch_waits_for_a_first_message_and_leaves_the_rest_to_other_workers(
     let mut other = Fetcher::new(js.clone(), &consumer);
     let rest = payloads(other.next_batch(8, WAIT, &shutdown).await);
     assert_eq!(rest, ["2", "3", "4"]);
+}
+
+#[tokio::test]
+async fn a_fetch_the_consumer_refuses_is_a_failure_to_back_off_from() {
+    let nats = NatsServer::start();
+    let (js, stream) = work_queue(&nats).await;
+    // An operator's limit: at most one message per pull request.
+    let consumer: PullConsumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            durable_name: Some("limited".into()),
+            max_batch: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut fetcher = Fetcher::new(js.clone(), &consumer);
+    let shutdown = CancellationToken::new();
+    assert!(
+        matches!(
+            fetcher.next_batch(4, WAIT, &shutdown).await,
+            Fetched::Failed
+        ),
+        "a refused fetch must not look like an empty batch (the worker would retry at once)"
+    );
+    // Within the limit, it fetches.
+    js.publish("puller.x", "m".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert_eq!(
+        payloads(fetcher.next_batch(1, WAIT, &shutdown).await),
+        ["m"]
+    );
 }
