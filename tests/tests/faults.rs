@@ -263,6 +263,19 @@ async fn nats_killed_and_restarted_on_its_store_is_survived_without_restarting_a
     // Nobody is restarted: the processes reconnect by themselves.
     run.load.wait_more_acked(phase()).await;
     cluster.wait_ready().await;
+    // Commit replies reach the edge again: its shared reply subscription came back with the
+    // connection (a push answered 202 for ever would mean the replies go nowhere).
+    let mut n = 100;
+    legato_tests::wait_for(
+        "a push committed after the restart",
+        Duration::from_secs(20),
+        || {
+            n += 1;
+            let probe = probe_push(&cluster, edge, "fault_probe", n);
+            async move { (probe.await == 200).then_some(()) }
+        },
+    )
+    .await;
     let under_fault = run.load.tally.acked() - before;
     let (tally, entries) = run.finish(&cluster).await;
     // A 503 is "not acknowledged", not "not applied": a push published just before the edge
