@@ -124,11 +124,11 @@ impl Bus {
             None => self.shared_replies().await?,
             Some(_) => None,
         };
-        let (base, mut replies) = match (&request.idempotency, shared) {
+        let (base, mut replies) = match shared {
             // Any other id than a keyed one only has to be unique: it starts with this edge's
             // token, so its replies come through the edge's one subscription instead of a
             // subscription made and dropped on the broker for every request.
-            (None, Some(shared)) => {
+            Some(shared) => {
                 let (base, waiting) = shared.wait(part_count);
                 (base, Replies::Shared(waiting))
             }
@@ -138,8 +138,8 @@ impl Bus {
             // own (as an unkeyed one's do if the shared one has ended); one part (the usual
             // case) a literal subject, which the broker inserts and removes without scanning
             // its match cache as it does for every wildcard one.
-            (key, _) => {
-                let base = match key {
+            None => {
+                let base = match &request.idempotency {
                     Some(i) => sha256_hex(
                         format!("{}\0{}\0{}", request.user, i.key, i.request_hash).as_bytes(),
                     )[..32]

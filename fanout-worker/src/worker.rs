@@ -1,4 +1,5 @@
-//! The fanout loop: fetch committed batches from `SYNC_OUT`, coalesce changes to the same
+//! The fanout loop: pull committed batches from `SYNC_OUT` (continuously, so the next ones
+//! are already here: `legato_runtime::nats::Puller`), coalesce changes to the same
 //! entity, render them into client frames, publish one delivery per user and origin on core
 //! NATS `sync.deliver.<user>`, flush, then ack. The flush and the acks of one batch overlap
 //! with fetching and rendering the next ([`Fanout::publish`], then [`confirm`]).

@@ -2,6 +2,11 @@
 
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
+/// Seconds, for the apply and publish latencies.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0,
+];
+
 #[derive(Clone)]
 pub struct IngestMetrics {
     pub batches: IntCounter,
@@ -39,18 +44,14 @@ impl IngestMetrics {
                     "legato_ingest_apply_seconds",
                     "Store apply latency per batch",
                 )
-                .buckets(vec![
-                    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0,
-                ]),
+                .buckets(LATENCY_BUCKETS.to_vec()),
             )?,
             publish_seconds: Histogram::with_opts(
                 HistogramOpts::new(
                     "legato_ingest_publish_seconds",
                     "Committed changes published to SYNC_OUT until the broker acknowledged them",
                 )
-                .buckets(vec![
-                    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0,
-                ]),
+                .buckets(LATENCY_BUCKETS.to_vec()),
             )?,
             redeliveries: IntCounter::new(
                 "legato_ingest_redeliveries_total",

@@ -351,15 +351,16 @@ impl Worker {
                 Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
                 Err(e) => Err(e.to_string()),
             };
-            if acked.is_ok() {
-                self.metrics
+            match acked {
+                Ok(()) => self
+                    .metrics
                     .publish_seconds
-                    .observe(started.elapsed().as_secs_f64());
-            }
-            if let Err(e) = acked {
-                // Not acked: the message comes back and is published again.
-                tracing::warn!(error = %e, seq = d.seq, "publish to SYNC_OUT failed");
-                return;
+                    .observe(started.elapsed().as_secs_f64()),
+                Err(e) => {
+                    // Not acked: the message comes back and is published again.
+                    tracing::warn!(error = %e, seq = d.seq, "publish to SYNC_OUT failed");
+                    return;
+                }
             }
         }
         let reply = CommitReply {

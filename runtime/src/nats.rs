@@ -506,17 +506,12 @@ impl Fetcher {
     /// Stops fetching: unsubscribes and hands back what arrived but was not taken. (The rest
     /// of a request still open comes back after its ack wait.)
     pub async fn stop(&mut self) {
-        let mut untaken = self.arrived(usize::MAX);
-        if let Some(mut subscription) = self.subscription.take() {
+        if let Some(subscription) = self.subscription.as_mut() {
             let _ = subscription.unsubscribe().await;
-            // What came between the last look and the unsubscribe.
-            use futures::{FutureExt, StreamExt};
-            while let Some(Some(m)) = subscription.next().now_or_never() {
-                if m.status.is_none() {
-                    untaken.push(self.message(m));
-                }
-            }
         }
+        // What the inbox still holds, up to the unsubscribe.
+        let untaken = self.arrived(usize::MAX);
+        self.subscription = None;
         hand_back(untaken).await;
     }
 }

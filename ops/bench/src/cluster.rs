@@ -268,7 +268,7 @@ pub async fn histogram_means(cluster: &Cluster) -> String {
                 // The first bucket holding 99 % of the observations: p99's upper bound.
                 let prefix = format!("{}_bucket{{", &key[..pos]);
                 let labels = key[pos + 4..].trim_start_matches('{').trim_end_matches('}');
-                let p99 = text
+                let buckets = text
                     .lines()
                     .filter_map(|l| l.strip_prefix(&prefix))
                     .filter(|l| labels.is_empty() || l.contains(labels))
@@ -279,13 +279,14 @@ pub async fn histogram_means(cluster: &Cluster) -> String {
                     })
                     .collect::<Vec<_>>();
                 let over = |le: &str| {
-                    p99.iter()
+                    buckets
+                        .iter()
                         .find(|(l, _)| l == le)
                         .map_or(0.0, |(_, n)| count - n)
                 };
                 let over_5ms = over("0.005");
                 let over_10ms = over("0.01");
-                let p99 = p99
+                let p99 = buckets
                     .into_iter()
                     .find(|(_, n)| *n >= 0.99 * count)
                     .map(|(le, _)| le)

@@ -220,17 +220,21 @@ pub async fn push_latency(
     .await?;
     let mut latencies = Vec::with_capacity(tasks.len());
     let mut failed = 0;
+    // `BENCH_TRACE=FILE`: every request's number and latency (µs), for finding stalls.
+    let trace_path = std::env::var("BENCH_TRACE").ok();
     let mut trace = String::new();
     for (n, t) in tasks.into_iter().enumerate() {
         let (ok, latency) = t.await?;
-        trace.push_str(&format!("{n} {}\n", latency.as_micros()));
+        if trace_path.is_some() {
+            trace.push_str(&format!("{n} {}\n", latency.as_micros()));
+        }
         if ok {
             latencies.push(latency)
         } else {
             failed += 1
         }
     }
-    if let Ok(path) = std::env::var("BENCH_TRACE") {
+    if let Some(path) = trace_path {
         std::fs::write(path, trace)?;
     }
     Ok((
