@@ -4,6 +4,9 @@ use anyhow::Context;
 use legato_fanout::{Application, FanoutConfig};
 use legato_runtime::shutdown::Shutdown;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 // One thread: the worker's loop is a short chain of awaits, and a second worker thread only
 // added wake-ups and hand-offs between threads (the store's calls run on blocking threads
 // either way). Push latency at 50 % load, p99: 9.0-9.1 ms against 12.1-13.0 ms multi-threaded.

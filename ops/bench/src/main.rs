@@ -8,6 +8,7 @@
 
 mod clients;
 mod cluster;
+mod http1;
 mod scenarios;
 mod stats;
 
@@ -125,6 +126,12 @@ async fn throughput(s: &Settings, report: &mut Report) -> anyhow::Result<(f64, f
             let before = cluster::cpu_seconds(&cluster);
             rates
                 .push(scenarios::push_throughput(&cluster, *batch, *concurrency, s.seconds).await?);
+            if std::env::var("BENCH_DIAG").is_ok() {
+                eprintln!(
+                    "{batch} x {concurrency}:\n{}",
+                    cluster::histogram_means(&cluster).await
+                );
+            }
             if *batch == 1 || *batch == 100 {
                 let after = cluster::cpu_seconds(&cluster);
                 let used = before

@@ -3,6 +3,7 @@
 
 use crate::clients::{HoldGroup, user};
 use crate::cluster::{Cluster, Shape, rss_bytes, token};
+use crate::http1::Connection;
 use crate::stats::{ms, quantile};
 use futures::StreamExt;
 use legato_schema::write::{self, PrepareOptions, WriteItem};
@@ -16,6 +17,8 @@ use std::time::{Duration, Instant};
 /// Entry numbers are unique in the whole benchmark process, so every request of every run
 /// writes new entities (a repeated id with the same payload would be a cheap duplicate).
 static NEXT_ENTRY: AtomicU64 = AtomicU64::new(0);
+
+const PUSH: &str = "/api/sync/push";
 
 fn next_entries(count: u64) -> u64 {
     NEXT_ENTRY.fetch_add(count, Ordering::Relaxed)
@@ -143,40 +146,44 @@ pub async fn push_throughput(
     concurrency: usize,
     seconds: f64,
 ) -> anyhow::Result<f64> {
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(concurrency)
-        .build()?;
-    let url = format!("http://{}/api/sync/push", cluster.edges[0].addr);
+    let edge = cluster.edges[0].addr;
     let committed = Arc::new(AtomicU64::new(0));
+    let mut connections = Vec::with_capacity(concurrency);
+    for _ in 0..concurrency {
+        connections.push(Connection::open(edge).await?);
+    }
     let started = Instant::now();
-    let tasks: Vec<_> = (0..concurrency)
-        .map(|c| {
-            let (http, committed, url) = (http.clone(), committed.clone(), url.clone());
-            let name = user(100_000 + c);
-            let auth = format!("Bearer {}", token(&name));
+    let tasks: Vec<_> = connections
+        .into_iter()
+        .enumerate()
+        .map(|(c, mut connection)| {
+            let committed = committed.clone();
+            let auth = format!("Authorization: Bearer {}", token(&user(100_000 + c)));
             tokio::spawn(async move {
                 while started.elapsed().as_secs_f64() < seconds {
-                    let response = http
-                        .post(&url)
-                        .header("Authorization", &auth)
-                        .header("Content-Type", "application/json")
-                        .body(push_body(batch as u64, "null"))
-                        .send()
-                        .await;
-                    if let Ok(r) = response
-                        && r.status() == 200
-                    {
-                        committed.fetch_add(batch as u64, Ordering::Relaxed);
+                    let body = push_body(batch as u64, "null");
+                    match connection.post(PUSH, &[&auth], &body).await {
+                        Ok(200) => {
+                            committed.fetch_add(batch as u64, Ordering::Relaxed);
+                        }
+                        Ok(_) => {}
+                        Err(_) => connection = Connection::open(edge).await?,
                     }
                 }
+                anyhow::Ok(())
             })
         })
         .collect();
     for t in tasks {
-        t.await?;
+        t.await??;
     }
     Ok(committed.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64())
 }
+
+/// Connections the open-loop latency load sends on, opened before its clock starts: requests
+/// in flight stay well below this at 90 % load (rate × latency ≈ 7,800/s × 12 ms ≈ 100 on
+/// average), so a request waits for a connection only in a stall far beyond the p99.
+const LATENCY_CONNECTIONS: usize = 512;
 
 /// Open-loop push latency at `rate` requests/s (1 item each): latency counts from the
 /// scheduled send time, so queueing is not hidden (no coordinated omission).
@@ -185,46 +192,61 @@ pub async fn push_latency(
     rate: f64,
     seconds: f64,
 ) -> anyhow::Result<(Duration, Duration, Duration, u64)> {
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(512)
-        .build()?;
     let edge = cluster.edges[0].addr;
     let total = (rate * seconds) as u64;
-    let runtime = tokio::runtime::Handle::current();
+    // Tokens made once: the load generator shares the cores it measures.
+    let auth: Arc<Vec<String>> = Arc::new(
+        (0..64)
+            .map(|u| format!("Authorization: Bearer {}", token(&user(200_000 + u))))
+            .collect(),
+    );
+    // The pacer hands each request's number and scheduled time to whichever connection is
+    // free; each connection's task sends it and records its latency.
+    let (schedule, scheduled) = tokio::sync::mpsc::unbounded_channel::<(u64, Instant)>();
+    let scheduled = Arc::new(tokio::sync::Mutex::new(scheduled));
+    let mut senders = Vec::with_capacity(LATENCY_CONNECTIONS);
+    for _ in 0..LATENCY_CONNECTIONS {
+        let mut connection = Connection::open(edge).await?;
+        let (scheduled, auth) = (Arc::clone(&scheduled), Arc::clone(&auth));
+        senders.push(tokio::spawn(async move {
+            let mut done = Vec::new();
+            loop {
+                let next = scheduled.lock().await.recv().await;
+                let Some((n, at)) = next else { break };
+                let body = push_body(1, "null");
+                let ok = match connection
+                    .post(PUSH, &[&auth[(n % 64) as usize]], &body)
+                    .await
+                {
+                    Ok(status) => status == 200,
+                    Err(_) => {
+                        connection = Connection::open(edge).await?;
+                        false
+                    }
+                };
+                done.push((n, ok, at.elapsed()));
+            }
+            anyhow::Ok(done)
+        }));
+    }
     // Paced by a thread of its own: tokio's timer rounds every sleep up to the next whole
     // millisecond, which added up to 1 ms to every latency counted from its scheduled time
     // and sent the requests in bursts, one per tick, rather than at a fixed rate.
-    // Tokens and the address made once: the load generator shares the cores it measures.
-    let tokens: Arc<Vec<String>> = Arc::new(
-        (0..64)
-            .map(|u| format!("Bearer {}", token(&user(200_000 + u))))
-            .collect(),
-    );
-    let url: Arc<str> = format!("http://{edge}/api/sync/push").into();
-    let tasks = pace(rate, total, move |n, scheduled| {
-        let http = http.clone();
-        let tokens = Arc::clone(&tokens);
-        let url = Arc::clone(&url);
-        runtime.spawn(async move {
-            let ok = http
-                .post(&*url)
-                .header("Authorization", &tokens[(n % 64) as usize])
-                .header("Content-Type", "application/json")
-                .body(push_body(1, "null"))
-                .send()
-                .await
-                .is_ok_and(|r| r.status() == 200);
-            (ok, scheduled.elapsed())
-        })
+    pace(rate, total, move |n, at| {
+        let _ = schedule.send((n, at));
     })
     .await?;
-    let mut latencies = Vec::with_capacity(tasks.len());
+    let mut done = Vec::with_capacity(total as usize);
+    for sender in senders {
+        done.extend(sender.await??);
+    }
+    done.sort_unstable_by_key(|(n, ..)| *n);
+    let mut latencies = Vec::with_capacity(done.len());
     let mut failed = 0;
     // `BENCH_TRACE=FILE`: every request's number and latency (µs), for finding stalls.
     let trace_path = std::env::var("BENCH_TRACE").ok();
     let mut trace = String::new();
-    for (n, t) in tasks.into_iter().enumerate() {
-        let (ok, latency) = t.await?;
+    for (n, ok, latency) in done {
         if trace_path.is_some() {
             trace.push_str(&format!("{n} {}\n", latency.as_micros()));
         }
