@@ -6,9 +6,6 @@ use legato_edge::Application;
 use legato_edge::config::EdgeConfig;
 use legato_runtime::shutdown::Shutdown;
 
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config: EdgeConfig = legato_runtime::config::load().context("loading configuration")?;
