@@ -4,13 +4,6 @@ use anyhow::Context;
 use legato_fanout::{Application, FanoutConfig};
 use legato_runtime::shutdown::Shutdown;
 
-// mimalloc: glibc's allocator was a visible share of the services' CPU at 100 items × 128
-// clients (malloc, realloc and free ~3 % of the machine in the ingest worker). The edge keeps
-// glibc's: with mimalloc an idle WebSocket session took 8.5 KB instead of 7.85, over the 8 KB
-// target (docs/BENCHMARKS.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 // One thread: the worker's loop is a short chain of awaits, and a second worker thread only
 // added wake-ups and hand-offs between threads (the store's calls run on blocking threads
 // either way). Push latency at 50 % load, p99: 9.0-9.1 ms against 12.1-13.0 ms multi-threaded.
