@@ -342,7 +342,7 @@ async fn open<T, E: std::fmt::Display>(
 
 /// Hands messages delivered to this worker but not taken back to the consumer (nak), so
 /// another worker gets them now rather than after their ack wait.
-pub async fn hand_back(untaken: Vec<jetstream::Message>) {
+async fn hand_back(untaken: Vec<jetstream::Message>) {
     for m in untaken {
         if let Err(e) = m.ack_with(jetstream::AckKind::Nak(None)).await {
             tracing::debug!(error = %e, "handing back an untaken message");
@@ -352,8 +352,7 @@ pub async fn hand_back(untaken: Vec<jetstream::Message>) {
 
 /// A worker's fetches from its consumer: one pull request per batch, sent when the worker is
 /// ready for it, so messages are assigned to a worker only then — several workers share the
-/// load, and a stalled one holds only what it asked for (the ingest workers fetch this way;
-/// while applying a batch they take what is already waiting, `expires` zero). The
+/// load, and a stalled one holds only its batch (the ingest workers fetch this way). The
 /// deliveries come to one inbox subscription made once, where a fetch of the client library
 /// makes and drops a subscription on the broker for every batch (at one item per request,
 /// for every request). Uses the default JetStream API prefix, as every context here does.
@@ -415,8 +414,7 @@ impl Fetcher {
     }
 
     /// Up to `max` messages with one pull request, which the broker holds at most `expires`
-    /// for a first message (not at all when `expires` is zero: then it brings what is already
-    /// waiting) and ends once it has delivered what there is. Gathering is bounded
+    /// for a first message and ends once it has delivered what there is. Gathering is bounded
     /// by `expires` + 1 s (a request lost with the connection never ends) and ends early on
     /// `shutdown`, keeping what already arrived. Deliveries already here are taken first,
     /// without a request.
@@ -447,17 +445,11 @@ impl Fetcher {
         }
         self.requests += 1;
         let reply = format!("{}.{}", self.inbox, self.requests);
-        // no_wait alone: what is waiting now, and the request ends. With an expiry: held up to
-        // `expires` for a first message.
-        let request = if expires.is_zero() {
-            serde_json::json!({ "batch": max, "no_wait": true })
-        } else {
-            serde_json::json!({
-                "batch": max,
-                "expires": u64::try_from(expires.as_nanos()).unwrap_or(u64::MAX),
-                "no_wait": true,
-            })
-        };
+        let request = serde_json::json!({
+            "batch": max,
+            "expires": u64::try_from(expires.as_nanos()).unwrap_or(u64::MAX),
+            "no_wait": true,
+        });
         let sent = self
             .client
             .publish_with_reply(

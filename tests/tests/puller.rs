@@ -2,8 +2,7 @@
 //! (`legato_runtime::nats::Puller`): a batch is what has arrived, in order and within its
 //! maximum, and stopping hands the messages pulled ahead but not taken straight back to other
 //! workers. The ingest's fetches (`Fetcher`): one waits for a first message, takes what there
-//! is, and leaves the rest to other workers; one without expiry takes what is waiting and
-//! ends.
+//! is, and leaves the rest to other workers.
 
 use async_nats::jetstream::{self, consumer::PullConsumer, stream};
 use legato_runtime::nats::{self, ConsumerSettings, Fetched, Fetcher, Puller};
@@ -253,37 +252,5 @@ async fn a_fetch_the_consumer_refuses_is_a_failure_to_back_off_from() {
     assert_eq!(
         payloads(fetcher.next_batch(1, WAIT, &shutdown).await),
         ["m"]
-    );
-}
-
-#[tokio::test]
-async fn a_fetch_without_expiry_takes_what_is_waiting_and_holds_nothing_that_comes_later() {
-    let nats = NatsServer::start();
-    let (js, consumer) = setup(&nats, 30).await;
-    let mut fetcher = Fetcher::new(js.clone(), &consumer);
-    let shutdown = CancellationToken::new();
-    // The gathering of a request the broker held would last its 1 s bound; these end when
-    // the broker has answered.
-    let prompt = Duration::from_millis(500);
-    let started = Instant::now();
-    let empty = payloads(fetcher.next_batch(4, Duration::ZERO, &shutdown).await);
-    assert!(empty.is_empty());
-    assert!(started.elapsed() < prompt, "took {:?}", started.elapsed());
-    publish(&js, 2).await;
-    let started = Instant::now();
-    let got = payloads(fetcher.next_batch(4, Duration::ZERO, &shutdown).await);
-    assert_eq!(got, ["0", "1"]);
-    assert!(started.elapsed() < prompt, "took {:?}", started.elapsed());
-    // The request ended with what was there: a message published now is not this worker's
-    // (an ingest worker stalled in its apply must not hold it), another worker takes it.
-    js.publish("puller.x", "later".into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    let mut other = Fetcher::new(js.clone(), &consumer);
-    assert_eq!(
-        payloads(other.next_batch(8, WAIT, &shutdown).await),
-        ["later"]
     );
 }
