@@ -2,6 +2,7 @@
 //! `/metrics` (the process's Prometheus registry), served on each binary's admin port. The
 //! edge serves the same [`Health`] on its main port too.
 
+use crate::http::ConnectionLimits;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use http_body_util::Full;
@@ -10,6 +11,7 @@ use hyper::{Request, Response, StatusCode};
 use prometheus::{Encoder, Registry, TextEncoder};
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -141,8 +143,64 @@ async fn handle(
     Ok(response)
 }
 
-/// Serves the admin endpoints until `shutdown`.
+/// What clients may hold of the admin port: a scraper and a probe or two need a few
+/// connections; idle and slow ones are closed.
+pub const LIMITS: ConnectionLimits = ConnectionLimits {
+    max_connections: 64,
+    header_read_timeout: Duration::from_secs(10),
+    request_timeout: Duration::from_secs(10),
+};
+
+/// Serves the admin endpoints until `shutdown`, within [`LIMITS`].
 pub async fn serve(listener: TcpListener, health: Health, shutdown: CancellationToken) {
+    serve_within(listener, health, LIMITS, shutdown).await;
+}
+
+async fn serve_within(
+    listener: TcpListener,
+    health: Health,
+    limits: ConnectionLimits,
+    shutdown: CancellationToken,
+) {
     let service = hyper::service::service_fn(move |req| handle(health.clone(), req));
-    crate::http::serve(listener, service, shutdown).await;
+    crate::http::serve_http1(listener, service, limits, shutdown).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn the_admin_port_answers_and_closes_a_connection_that_sends_no_request() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let limits = ConnectionLimits {
+            header_read_timeout: Duration::from_millis(200),
+            ..LIMITS
+        };
+        let server = tokio::spawn(serve_within(
+            listener,
+            Health::new(Registry::new()),
+            limits,
+            shutdown.clone(),
+        ));
+        let mut live = tokio::net::TcpStream::connect(addr).await.unwrap();
+        live.write_all(b"GET /livez HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        live.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        // Sends nothing: closed once the header timeout passes (the read ends), not held.
+        let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(Duration::from_secs(5), idle.read(&mut buf))
+            .await
+            .expect("an idle admin connection is closed by the header timeout");
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+        shutdown.cancel();
+        server.await.unwrap();
+    }
 }

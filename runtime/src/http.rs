@@ -1,13 +1,11 @@
-//! The HTTP accept loop every binary uses: hyper-util's auto (HTTP/1 + HTTP/2) connection
-//! builder with upgrades, per-connection tasks, and a graceful drain bounded in time.
-//! [`serve_http1`] (the edge's public port) also enforces [`ConnectionLimits`]: a cap on
-//! connections served at once and timeouts that close slowloris-style connections.
+//! The HTTP accept loop every binary uses ([`serve_http1`]: the edge's public port and every
+//! admin port): HTTP/1.1 with upgrades, per-connection tasks, a graceful drain bounded in
+//! time, and [`ConnectionLimits`]: a cap on connections served at once and timeouts that
+//! close slowloris-style connections.
 
 use hyper::body::{Body, Incoming};
 use hyper::{Request, Response, StatusCode, header};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -197,43 +195,4 @@ async fn accept(
             _ = shutdown.cancelled() => return None,
         }
     }
-}
-
-async fn drain(graceful: GracefulShutdown) {
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("connections still open after the drain timeout");
-    }
-}
-
-/// Serves `service` on `listener` until `shutdown` is cancelled, then stops accepting and
-/// drains open connections for at most [`DRAIN_TIMEOUT`].
-pub async fn serve<S, B>(listener: TcpListener, service: S, shutdown: CancellationToken)
-where
-    S: hyper::service::Service<Request<Incoming>, Response = Response<B>>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let graceful = GracefulShutdown::new();
-    let builder = auto::Builder::new(TokioExecutor::new());
-    while let Some(stream) = accept(&listener, &shutdown).await {
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service.clone());
-        let conn = graceful.watch(conn.into_owned());
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "connection ended with an error");
-            }
-        });
-    }
-    drop(listener);
-    drain(graceful).await;
 }
