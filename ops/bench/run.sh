@@ -5,7 +5,8 @@
 # BENCH_ONLY=100x128,1x64 runs only those throughput shapes; BENCH_MAX_RATE=7700 gives
 # `latency` its 100 % rate instead of measuring it; BENCH_LOADS=50 runs only that load;
 # BENCH_DIAG=1 prints the services' histogram means (and >5 / >10 ms counts) after each
-# latency run; BENCH_TRACE=FILE writes each latency request's number and latency (µs).
+# latency run and throughput shape; BENCH_TRACE=FILE writes each latency request's number
+# and latency (µs).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . ops/lib.sh

@@ -264,25 +264,22 @@ pub async fn push_latency(
 
 /// Calls `send(n, scheduled)` for n in 0..total at `rate` per second, each at its scheduled
 /// instant, from a thread of its own that sleeps between calls (to within tens of
-/// microseconds, where tokio's timer works in whole milliseconds); returns what the calls
-/// returned, in order.
-async fn pace<T: Send + 'static>(
+/// microseconds, where tokio's timer works in whole milliseconds).
+async fn pace(
     rate: f64,
     total: u64,
-    mut send: impl FnMut(u64, Instant) -> T + Send + 'static,
-) -> anyhow::Result<Vec<T>> {
+    mut send: impl FnMut(u64, Instant) + Send + 'static,
+) -> anyhow::Result<()> {
     let pacer = tokio::task::spawn_blocking(move || {
         let interval = Duration::from_secs_f64(1.0 / rate);
         let started = Instant::now();
-        let mut sent = Vec::with_capacity(total as usize);
         for n in 0..total {
             let scheduled = started + interval.mul_f64(n as f64);
             if let Some(wait) = scheduled.checked_duration_since(Instant::now()) {
                 std::thread::sleep(wait);
             }
-            sent.push(send(n, scheduled));
+            send(n, scheduled);
         }
-        sent
     });
     Ok(pacer.await?)
 }
