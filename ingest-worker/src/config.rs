@@ -24,6 +24,12 @@ pub struct BatchSettings {
     pub max_messages: usize,
     /// How long a fetch waits for messages before returning what it has.
     pub fetch_expires_ms: u64,
+    /// While a batch of at least this many items is applied, the messages already waiting are
+    /// fetched and decoded for the next one, so the store's writer does not wait for that
+    /// between transactions. Smaller batches are not worth it: a message that arrives during
+    /// the apply would then wait for the next batch's apply as well (see the ingest loop).
+    /// 0 turns it off.
+    pub prefetch_min_items: usize,
     /// A message delivered more often than this is terminated (poison) without processing.
     pub max_deliveries: i64,
     /// How long an undecodable message waits before it is delivered again (it is terminated
@@ -41,6 +47,7 @@ impl Default for BatchSettings {
         BatchSettings {
             max_messages: 128,
             fetch_expires_ms: 1_000,
+            prefetch_min_items: 1_000,
             max_deliveries: 5,
             poison_retry_ms: 1_000,
             max_retry_backoff_ms: 5_000,

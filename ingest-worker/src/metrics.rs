@@ -16,6 +16,8 @@ pub struct IngestMetrics {
     /// A committed message's changes published to `SYNC_OUT` until the broker's ack.
     pub publish_seconds: Histogram,
     pub redeliveries: IntCounter,
+    /// Messages fetched while the batch before them was applied (the prefetch).
+    pub prefetched: IntCounter,
     pub undecodable: IntCounter,
     pub terminated: IntCounterVec,
     pub store_errors: IntCounter,
@@ -57,6 +59,10 @@ impl IngestMetrics {
                 "legato_ingest_redeliveries_total",
                 "Messages received more than once",
             )?,
+            prefetched: IntCounter::new(
+                "legato_ingest_prefetched_messages_total",
+                "Messages fetched while the batch before them was being applied",
+            )?,
             undecodable: IntCounter::new(
                 "legato_ingest_undecodable_total",
                 "Deliveries of undecodable messages (handed back; terminated after max deliveries)",
@@ -95,6 +101,7 @@ impl IngestMetrics {
         registry.register(Box::new(m.apply_seconds.clone()))?;
         registry.register(Box::new(m.publish_seconds.clone()))?;
         registry.register(Box::new(m.redeliveries.clone()))?;
+        registry.register(Box::new(m.prefetched.clone()))?;
         registry.register(Box::new(m.undecodable.clone()))?;
         registry.register(Box::new(m.terminated.clone()))?;
         registry.register(Box::new(m.store_errors.clone()))?;

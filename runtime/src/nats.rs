@@ -342,7 +342,7 @@ async fn open<T, E: std::fmt::Display>(
 
 /// Hands messages delivered to this worker but not taken back to the consumer (nak), so
 /// another worker gets them now rather than after their ack wait.
-async fn hand_back(untaken: Vec<jetstream::Message>) {
+pub async fn hand_back(untaken: Vec<jetstream::Message>) {
     for m in untaken {
         if let Err(e) = m.ack_with(jetstream::AckKind::Nak(None)).await {
             tracing::debug!(error = %e, "handing back an untaken message");
@@ -352,7 +352,8 @@ async fn hand_back(untaken: Vec<jetstream::Message>) {
 
 /// A worker's fetches from its consumer: one pull request per batch, sent when the worker is
 /// ready for it, so messages are assigned to a worker only then — several workers share the
-/// load, and a stalled one holds only its batch (the ingest workers fetch this way). The
+/// load, and a stalled one holds only what it asked for (the ingest workers fetch this way;
+/// while applying a large batch they also take what is already waiting, with a 1 ms expiry). The
 /// deliveries come to one inbox subscription made once, where a fetch of the client library
 /// makes and drops a subscription on the broker for every batch (at one item per request,
 /// for every request). Uses the default JetStream API prefix, as every context here does.

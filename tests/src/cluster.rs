@@ -147,6 +147,16 @@ impl Proc {
         child.wait().expect("wait for exit")
     }
 
+    /// Sends `signal` (a `kill` name: `STOP`, `CONT`) to the running process.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.pid().expect("running process").to_string();
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} {pid}: {status}");
+    }
+
     pub fn is_running(&mut self) -> bool {
         self.child
             .as_mut()

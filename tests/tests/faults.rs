@@ -352,6 +352,68 @@ async fn a_locked_store_stalls_ingest_without_acks_and_recovers() {
     workload::report("store-locked", &tally, under_fault, entries);
 }
 
+/// The ingest prefetch (messages fetched while a batch is applied) through a store outage:
+/// what it fetched stays with the worker, kept by in-progress acks like the batch's own,
+/// instead of coming back after the ack wait (a redelivery, counted toward `max_deliveries`
+/// each time, so a long outage would dead-letter it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn messages_fetched_ahead_stay_with_the_worker_through_a_store_outage() {
+    let mut options = fast_options(1, 1, 1);
+    options.ingest_env.extend(env(&[
+        // One message a batch, and a prefetch beside every apply.
+        ("LEGATO_BATCH__MAX_MESSAGES", "1"),
+        ("LEGATO_BATCH__PREFETCH_MIN_ITEMS", "1"),
+        // Attempts fail fast and are retried within the 2 s ack wait.
+        ("LEGATO_STORE__SQLITE__BUSY_TIMEOUT_MS", "100"),
+        ("LEGATO_BATCH__MAX_RETRY_BACKOFF_MS", "400"),
+    ]));
+    let cluster = Cluster::start(options).await;
+    let edge = cluster.edges[0].http();
+    let admin = cluster.ingest[0].admin;
+    let user = "prefetch_outage";
+    // Three writes wait in SYNC_IN while the worker is stopped (each push answers 202 after
+    // the 1 s commit wait).
+    let first = cluster.sync_in_last_sequence().await;
+    cluster.ingest[0].signal("STOP");
+    let pushes = futures::future::join_all((0..3).map(|n| probe_push(&cluster, edge, user, n)));
+    assert_eq!(pushes.await, [202, 202, 202]);
+    assert_eq!(cluster.sync_in_last_sequence().await, first + 3);
+    // The store refuses writes when the worker comes back: its first batch fails, and the
+    // prefetch beside that apply has taken the second message.
+    let lock = rusqlite::Connection::open(cluster.db_path()).expect("open the store file");
+    lock.execute_batch("BEGIN EXCLUSIVE")
+        .expect("take the write lock");
+    cluster.ingest[0].signal("CONT");
+    cluster
+        .wait_metric(admin, "legato_ingest_store_errors_total", 1.0)
+        .await;
+    assert_eq!(
+        cluster
+            .metric(admin, "legato_ingest_prefetched_messages_total")
+            .await,
+        1.0
+    );
+    // Retries go on for longer than twice the ack wait (back-off 50, 100, 200, 400, 400 ...
+    // ms, each attempt 100 ms).
+    cluster
+        .wait_metric(admin, "legato_ingest_store_errors_total", 12.0)
+        .await;
+    lock.execute_batch("COMMIT").expect("release the lock");
+    drop(lock);
+    legato_tests::wait_for("all three committed", Duration::from_secs(30), || async {
+        let stored = legato_tests::view::stored_state(&cluster.open_store(), user).await;
+        (stored.len() == 3).then_some(())
+    })
+    .await;
+    assert_eq!(
+        cluster
+            .metric(admin, "legato_ingest_redeliveries_total")
+            .await,
+        0.0,
+        "a message came back during the outage"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_replay_storm_over_two_edges_executes_each_key_once() {
     use futures::StreamExt;

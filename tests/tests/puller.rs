@@ -254,3 +254,52 @@ async fn a_fetch_the_consumer_refuses_is_a_failure_to_back_off_from() {
         ["m"]
     );
 }
+
+#[tokio::test]
+async fn a_short_fetch_ends_at_its_expiry_while_the_consumer_is_at_max_ack_pending() {
+    let nats = NatsServer::start();
+    let (js, stream) = work_queue(&nats).await;
+    let settings = ConsumerSettings {
+        max_ack_pending: 1,
+        ..Default::default()
+    };
+    let consumer = nats::ensure_consumer(&stream, "work", &settings)
+        .await
+        .unwrap();
+    let mut fetcher = Fetcher::new(js.clone(), &consumer);
+    let shutdown = CancellationToken::new();
+    publish(&js, 2).await;
+    let held = match fetcher.next_batch(4, WAIT, &shutdown).await {
+        Fetched::Messages(messages) => messages,
+        _ => panic!("fetch failed"),
+    };
+    assert_eq!(held.len(), 1, "max_ack_pending is 1");
+    // The ingest's prefetch while it applies: a message is waiting, but the consumer may not
+    // hand it out. nats-server holds such a request until its expiry (a `no_wait` request
+    // without one, for ever), so the fetch must end with the 1 ms expiry, not with the
+    // gathering bound of a lost request (1 s later).
+    let started = Instant::now();
+    let prefetched = payloads(
+        fetcher
+            .next_batch(4, Duration::from_millis(1), &shutdown)
+            .await,
+    );
+    assert!(prefetched.is_empty());
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "the prefetch was held {:?}",
+        started.elapsed()
+    );
+    held[0].ack().await.unwrap();
+    let mut got = Vec::new();
+    let deadline = Instant::now() + WAIT;
+    while got.is_empty() {
+        assert!(Instant::now() < deadline);
+        got = payloads(
+            fetcher
+                .next_batch(4, Duration::from_millis(1), &shutdown)
+                .await,
+        );
+    }
+    assert_eq!(got, ["1"]);
+}
