@@ -7,6 +7,11 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0,
 ];
 
+/// Seconds, for the time a message waits in `SYNC_IN`: a backlog can take much longer.
+const QUEUE_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 120.0,
+];
+
 #[derive(Clone)]
 pub struct IngestMetrics {
     pub batches: IntCounter,
@@ -15,6 +20,10 @@ pub struct IngestMetrics {
     pub apply_seconds: Histogram,
     /// A committed message's changes published to `SYNC_OUT` until the broker's ack.
     pub publish_seconds: Histogram,
+    /// A message from the broker storing it to a worker fetching it (first deliveries).
+    pub queue_seconds: Histogram,
+    /// A message from its fetch to its commit reply.
+    pub message_seconds: Histogram,
     pub redeliveries: IntCounter,
     /// Messages fetched while the batch before them was applied (the prefetch).
     pub prefetched: IntCounter,
@@ -52,6 +61,22 @@ impl IngestMetrics {
                 HistogramOpts::new(
                     "legato_ingest_publish_seconds",
                     "Committed changes published to SYNC_OUT until the broker acknowledged them",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            )?,
+            queue_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "legato_ingest_queue_seconds",
+                    "SYNC_IN messages from the broker storing them to a worker fetching them \
+                     (first deliveries; the broker's clock against the worker's)",
+                )
+                .buckets(QUEUE_BUCKETS.to_vec()),
+            )?,
+            message_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "legato_ingest_message_seconds",
+                    "SYNC_IN messages from their fetch to their commit reply (decoding, waiting \
+                     for the apply, the apply, the SYNC_OUT publish)",
                 )
                 .buckets(LATENCY_BUCKETS.to_vec()),
             )?,
@@ -100,6 +125,8 @@ impl IngestMetrics {
         registry.register(Box::new(m.batch_size.clone()))?;
         registry.register(Box::new(m.apply_seconds.clone()))?;
         registry.register(Box::new(m.publish_seconds.clone()))?;
+        registry.register(Box::new(m.queue_seconds.clone()))?;
+        registry.register(Box::new(m.message_seconds.clone()))?;
         registry.register(Box::new(m.redeliveries.clone()))?;
         registry.register(Box::new(m.prefetched.clone()))?;
         registry.register(Box::new(m.undecodable.clone()))?;

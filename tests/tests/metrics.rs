@@ -149,6 +149,15 @@ async fn every_metrics_endpoint_passes_promtool_and_has_the_dashboard_families()
             "ingest /metrics lacks a timed SYNC_OUT publish:\n{text}"
         );
         for series in [
+            "legato_ingest_queue_seconds_count",
+            "legato_ingest_message_seconds_count",
+        ] {
+            assert!(
+                sample(text, series).is_some_and(|v| v >= 1.0),
+                "ingest /metrics lacks a timed message ({series}):\n{text}"
+            );
+        }
+        for series in [
             "legato_ingest_watermark_lag_messages",
             "legato_ingest_watermark_sequence",
             "legato_ingest_consumer_pending_messages",
