@@ -2,6 +2,7 @@
 //! directory, killed on drop) and the real edge, ingest and fanout applications running
 //! in-process on port 0 over a temporary SQLite file.
 
+pub mod attack;
 pub mod cluster;
 pub mod nats_server;
 pub mod view;
