@@ -7,7 +7,8 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0,
 ];
 
-/// Seconds, for the time a message waits in `SYNC_IN`: a backlog can take much longer.
+/// Seconds, for a message's time in `SYNC_IN` and in a worker: a backlog or a store outage
+/// can take much longer.
 const QUEUE_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 120.0,
 ];
@@ -27,6 +28,8 @@ pub struct IngestMetrics {
     pub redeliveries: IntCounter,
     /// Messages fetched while the batch before them was applied (the prefetch).
     pub prefetched: IntCounter,
+    /// Prefetched messages handed back because the apply beside them stalled.
+    pub prefetch_handed_back: IntCounter,
     pub undecodable: IntCounter,
     pub terminated: IntCounterVec,
     pub store_errors: IntCounter,
@@ -68,7 +71,8 @@ impl IngestMetrics {
                 HistogramOpts::new(
                     "legato_ingest_queue_seconds",
                     "SYNC_IN messages from the broker storing them to a worker fetching them \
-                     (first deliveries; the broker's clock against the worker's)",
+                     (first deliveries; the broker's clock against the worker's, so a skew \
+                     between hosts shows here, a negative one as 0)",
                 )
                 .buckets(QUEUE_BUCKETS.to_vec()),
             )?,
@@ -76,9 +80,10 @@ impl IngestMetrics {
                 HistogramOpts::new(
                     "legato_ingest_message_seconds",
                     "SYNC_IN messages from their fetch to their commit reply (decoding, waiting \
-                     for the apply, the apply, the SYNC_OUT publish)",
+                     for the apply, the apply and its retries, the SYNC_OUT publish if the \
+                     message changed anything; not those whose publish failed)",
                 )
-                .buckets(LATENCY_BUCKETS.to_vec()),
+                .buckets(QUEUE_BUCKETS.to_vec()),
             )?,
             redeliveries: IntCounter::new(
                 "legato_ingest_redeliveries_total",
@@ -87,6 +92,11 @@ impl IngestMetrics {
             prefetched: IntCounter::new(
                 "legato_ingest_prefetched_messages_total",
                 "Messages fetched while the batch before them was being applied",
+            )?,
+            prefetch_handed_back: IntCounter::new(
+                "legato_ingest_prefetch_handed_back_total",
+                "Prefetched messages handed back to the consumer because the apply beside \
+                 them stalled",
             )?,
             undecodable: IntCounter::new(
                 "legato_ingest_undecodable_total",
@@ -129,6 +139,7 @@ impl IngestMetrics {
         registry.register(Box::new(m.message_seconds.clone()))?;
         registry.register(Box::new(m.redeliveries.clone()))?;
         registry.register(Box::new(m.prefetched.clone()))?;
+        registry.register(Box::new(m.prefetch_handed_back.clone()))?;
         registry.register(Box::new(m.undecodable.clone()))?;
         registry.register(Box::new(m.terminated.clone()))?;
         registry.register(Box::new(m.store_errors.clone()))?;

@@ -5,7 +5,8 @@
 //! the next one is fetched and applied (the store is the bottleneck; it should not wait for
 //! broker round trips). While a large batch is applied, the messages already waiting are
 //! fetched and decoded for the next one. Batches are finished one at a time, in the order they
-//! were applied.
+//! were applied. A worker so holds at most four batches of `batch.max_messages` (one being
+//! finished, one waiting for the finisher, one being applied, one prefetched).
 //!
 //! Order matters for durability: a message is acked only after its changes are committed and
 //! published, so a crash anywhere before the ack means redelivery, never loss. A redelivered
@@ -37,7 +38,17 @@ const PURGE_EVERY: Duration = Duration::from_secs(300);
 /// How long a prefetch waits for a first message when none is waiting (what is already
 /// waiting is what it is for). The expiry also ends it while the consumer is at
 /// `max_ack_pending`, where nats-server holds a `no_wait` request that has none.
-const PREFETCH_EXPIRES: Duration = Duration::from_millis(1);
+pub const PREFETCH_EXPIRES: Duration = Duration::from_millis(1);
+
+/// How long the committed batch waits for its prefetch's deliveries beyond the expiry (later
+/// ones make the batch after it): the broker answers within a round trip, so only a request
+/// lost with the connection takes longer.
+const PREFETCH_GRACE: Duration = Duration::from_millis(50);
+
+/// The longest an apply may take before the messages prefetched beside it are handed back
+/// for another worker: an apply normally takes milliseconds, so one this long is a stalled
+/// store, and its prefetch would wait with it.
+pub const PREFETCH_HOLD: Duration = Duration::from_secs(1);
 
 pub struct Worker {
     pub(crate) client: async_nats::Client,
@@ -56,6 +67,9 @@ struct Decoded {
     /// Shared with the store call and published to `SYNC_OUT` from here: never copied.
     items: Arc<[WriteItem]>,
     seq: u64,
+    /// Delivered before (a redelivery).
+    redelivered: bool,
+    /// When decoding began.
     fetched: std::time::Instant,
 }
 
@@ -129,7 +143,10 @@ impl Worker {
     /// other workers can take. Small batches are applied without it: a message arriving during
     /// their apply would be fetched only while the prefetched batch is applied, and so wait
     /// for one more apply than without the prefetch (p50 +0.2 to +0.6 ms at half the 1-item
-    /// maximum, docs/BENCHMARKS.md).
+    /// maximum, docs/BENCHMARKS.md). Nor is a batch with a redelivered message in it: if that
+    /// message is what crashes workers, each crash would count a delivery of the prefetched
+    /// messages too, toward their `max_deliveries`. An apply that stalls hands its prefetch
+    /// back after [`PREFETCH_HOLD`].
     /// Returns on shutdown (dropping `applied` lets the finisher drain and stop).
     async fn apply_loop(
         &self,
@@ -143,7 +160,10 @@ impl Worker {
         // Fetched and decoded while the previous batch was applied.
         let mut prefetched = Vec::new();
         while !shutdown.is_cancelled() {
-            if last_purge.elapsed() >= PURGE_EVERY {
+            // Not while prefetched messages wait, unless it is overdue (under steady load there
+            // always are some).
+            let due = last_purge.elapsed() >= PURGE_EVERY;
+            if due && (prefetched.is_empty() || last_purge.elapsed() >= 2 * PURGE_EVERY) {
                 last_purge = std::time::Instant::now();
                 match self.store.purge_expired(Clock::now()).await {
                     Ok(n) => tracing::debug!(purged = n, "expired idempotency records purged"),
@@ -172,26 +192,35 @@ impl Worker {
                 continue;
             }
             let items: usize = decoded.iter().map(|d| d.items.len()).sum();
-            let prefetch = (batch.prefetch_min_items > 0 && items >= batch.prefetch_min_items)
-                .then_some(async {
-                    match fetcher
-                        .next_batch(batch.max_messages, PREFETCH_EXPIRES, shutdown)
-                        .await
-                    {
-                        nats::Fetched::Messages(messages) => {
-                            self.metrics.prefetched.inc_by(messages.len() as u64);
-                            self.decode_all(messages).await
-                        }
-                        // The next fetch meets the failure (or the shutdown) again.
-                        nats::Fetched::Failed | nats::Fetched::Stopped => Vec::new(),
+            let worth_it = batch.prefetch_min_items > 0
+                && items >= batch.prefetch_min_items
+                && !decoded.iter().any(|d| d.redelivered)
+                && !shutdown.is_cancelled();
+            let prefetch = worth_it.then_some(async {
+                match fetcher
+                    .next_batch_within(
+                        batch.max_messages,
+                        PREFETCH_EXPIRES,
+                        PREFETCH_GRACE,
+                        shutdown,
+                    )
+                    .await
+                {
+                    nats::Fetched::Messages(messages) => {
+                        self.metrics.prefetched.inc_by(messages.len() as u64);
+                        self.decode_all(messages).await
                     }
-                });
-            // `None`: shutdown interrupted the store retries; the batch comes back after its
-            // ack wait.
+                    // The next fetch meets the failure (or the shutdown) again.
+                    nats::Fetched::Failed | nats::Fetched::Stopped => Vec::new(),
+                }
+            });
             let Some(outcomes) = self
                 .apply_with_retry(&decoded, prefetch, &mut prefetched, shutdown)
                 .await
             else {
+                // Shutdown interrupted the store retries: back to the consumer with the
+                // prefetched ones (below).
+                nats::hand_back(decoded.into_iter().map(|d| d.message).collect()).await;
                 break;
             };
             self.metrics.batches.inc();
@@ -247,6 +276,7 @@ impl Worker {
     }
 
     async fn decode(&self, message: jetstream::Message) -> Option<Decoded> {
+        let fetched = std::time::Instant::now();
         let (seq, delivered) = match message.info() {
             Ok(info) => {
                 if info.delivered == 1 {
@@ -301,7 +331,8 @@ impl Worker {
             items: std::mem::take(&mut envelope.items).into(),
             envelope,
             seq,
-            fetched: std::time::Instant::now(),
+            redelivered: delivered > 1,
+            fetched,
         })
     }
 
@@ -316,6 +347,43 @@ impl Worker {
                 .map(|(d, outcomes)| self.finish(d, outcomes, committed_at)),
         )
         .await;
+    }
+
+    /// Runs `attempt` with `prefetch` beside it, leaving the prefetched messages in
+    /// `prefetched`; hands them back if the attempt outlasts [`PREFETCH_HOLD`].
+    async fn beside_prefetch<T>(
+        &self,
+        attempt: impl std::future::Future<Output = T>,
+        prefetch: impl std::future::Future<Output = Vec<Decoded>>,
+        prefetched: &mut Vec<Decoded>,
+    ) -> T {
+        let started = tokio::time::Instant::now();
+        let mut attempt = std::pin::pin!(attempt);
+        let mut prefetch = std::pin::pin!(prefetch);
+        let mut done = None;
+        // The prefetch is always awaited to its end: what it gathered is in it.
+        *prefetched = loop {
+            tokio::select! {
+                result = &mut attempt, if done.is_none() => done = Some(result),
+                messages = &mut prefetch => break messages,
+            }
+        };
+        if let Some(result) = done {
+            return result;
+        }
+        match tokio::time::timeout_at(started + PREFETCH_HOLD, &mut attempt).await {
+            Ok(result) => result,
+            Err(_) => {
+                tracing::warn!(
+                    messages = prefetched.len(),
+                    "an apply is taking long; its prefetched messages are handed back"
+                );
+                let back = std::mem::take(prefetched);
+                self.metrics.prefetch_handed_back.inc_by(back.len() as u64);
+                nats::hand_back(back.into_iter().map(|d| d.message).collect()).await;
+                attempt.await
+            }
+        }
     }
 
     /// Applies `decoded`, retrying while the store fails. `prefetch`, if given, runs beside
@@ -347,11 +415,7 @@ impl Worker {
                 (result, started.elapsed())
             };
             let (result, took) = match prefetch.take() {
-                Some(prefetch) => {
-                    let (attempt, messages) = tokio::join!(attempt, prefetch);
-                    *prefetched = messages;
-                    attempt
-                }
+                Some(prefetch) => self.beside_prefetch(attempt, prefetch, prefetched).await,
                 None => attempt.await,
             };
             match result {

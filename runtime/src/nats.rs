@@ -425,6 +425,19 @@ impl Fetcher {
         expires: Duration,
         shutdown: &tokio_util::sync::CancellationToken,
     ) -> Fetched {
+        self.next_batch_within(max, expires, Duration::from_secs(1), shutdown)
+            .await
+    }
+
+    /// [`Fetcher::next_batch`] with gathering bounded by `expires` + `grace`. Deliveries of the
+    /// request that come later are this worker's and make its next batch (see `arrived`).
+    pub async fn next_batch_within(
+        &mut self,
+        max: usize,
+        expires: Duration,
+        grace: Duration,
+        shutdown: &tokio_util::sync::CancellationToken,
+    ) -> Fetched {
         use async_nats::StatusCode;
         use futures::StreamExt;
         let max = max.max(1);
@@ -463,7 +476,7 @@ impl Fetcher {
             tracing::warn!(error = %e, "fetch request not sent");
             return Fetched::Failed;
         }
-        let gather_until = tokio::time::Instant::now() + expires + Duration::from_secs(1);
+        let gather_until = tokio::time::Instant::now() + expires + grace;
         while messages.len() < max {
             let Some(subscription) = self.subscription.as_mut() else {
                 break;

@@ -352,41 +352,85 @@ async fn a_locked_store_stalls_ingest_without_acks_and_recovers() {
     workload::report("store-locked", &tally, under_fault, entries);
 }
 
-/// The ingest prefetch (messages fetched while a batch is applied) through a store outage:
-/// what it fetched stays with the worker, kept by in-progress acks like the batch's own,
-/// instead of coming back after the ack wait (a redelivery, counted toward `max_deliveries`
-/// each time, so a long outage would dead-letter it).
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn messages_fetched_ahead_stay_with_the_worker_through_a_store_outage() {
+/// One ingest worker that takes one message a batch and prefetches beside every apply, and
+/// whose store attempts wait `busy_timeout_ms` for SQLite's lock. Three writes of `user` wait
+/// in `SYNC_IN` while the worker is stopped; the store is locked; then the worker goes on: its
+/// first batch's apply waits on the lock, and the prefetch beside it takes the second message.
+/// Returns the cluster, the lock (a `BEGIN EXCLUSIVE` of another connection) and the pushes
+/// (each answered 202 after the 1 s commit wait).
+async fn prefetch_against_a_locked_store(
+    user: &'static str,
+    busy_timeout_ms: &str,
+) -> (
+    Cluster,
+    rusqlite::Connection,
+    tokio::task::JoinHandle<Vec<u16>>,
+) {
     let mut options = fast_options(1, 1, 1);
     options.ingest_env.extend(env(&[
-        // One message a batch, and a prefetch beside every apply.
         ("LEGATO_BATCH__MAX_MESSAGES", "1"),
         ("LEGATO_BATCH__PREFETCH_MIN_ITEMS", "1"),
-        // Attempts fail fast and are retried within the 2 s ack wait.
-        ("LEGATO_STORE__SQLITE__BUSY_TIMEOUT_MS", "100"),
+        ("LEGATO_STORE__SQLITE__BUSY_TIMEOUT_MS", busy_timeout_ms),
+        // Retries come within the 2 s ack wait.
         ("LEGATO_BATCH__MAX_RETRY_BACKOFF_MS", "400"),
     ]));
     let cluster = Cluster::start(options).await;
     let edge = cluster.edges[0].http();
-    let admin = cluster.ingest[0].admin;
-    let user = "prefetch_outage";
-    // Three writes wait in SYNC_IN while the worker is stopped (each push answers 202 after
-    // the 1 s commit wait).
     let first = cluster.sync_in_last_sequence().await;
     cluster.ingest[0].signal("STOP");
-    let pushes = futures::future::join_all((0..3).map(|n| probe_push(&cluster, edge, user, n)));
-    assert_eq!(pushes.await, [202, 202, 202]);
-    assert_eq!(cluster.sync_in_last_sequence().await, first + 3);
-    // The store refuses writes when the worker comes back: its first batch fails, and the
-    // prefetch beside that apply has taken the second message.
+    let pushes = {
+        let http = cluster.http.clone();
+        tokio::spawn(async move {
+            let pushes = (0..3).map(|n| {
+                let body = serde_json::json!({"changes": {"entries": [
+                    {"id": format!("probe-{n}"), "updatedAt": 1_750_000_000_000i64 + n}
+                ]}});
+                let request = http
+                    .post(format!("http://{edge}/api/sync/push"))
+                    .bearer_auth(legato_tests::Pipeline::token(user))
+                    .json(&body);
+                async move { request.send().await.map_or(0, |r| r.status().as_u16()) }
+            });
+            futures::future::join_all(pushes).await
+        })
+    };
+    legato_tests::wait_for(
+        "three writes in SYNC_IN",
+        Duration::from_secs(10),
+        || async { (cluster.sync_in_last_sequence().await == first + 3).then_some(()) },
+    )
+    .await;
     let lock = rusqlite::Connection::open(cluster.db_path()).expect("open the store file");
     lock.execute_batch("BEGIN EXCLUSIVE")
         .expect("take the write lock");
     cluster.ingest[0].signal("CONT");
+    let admin = cluster.ingest[0].admin;
     cluster
-        .wait_metric(admin, "legato_ingest_store_errors_total", 1.0)
+        .wait_metric(admin, "legato_ingest_prefetched_messages_total", 1.0)
         .await;
+    (cluster, lock, pushes)
+}
+
+/// Waits until all three writes of [`prefetch_against_a_locked_store`] are stored.
+async fn wait_three_stored(cluster: &Cluster, user: &str) {
+    legato_tests::wait_for("all three committed", Duration::from_secs(30), || async {
+        let stored = legato_tests::view::stored_state(&cluster.open_store(), user).await;
+        (stored.len() == 3).then_some(())
+    })
+    .await;
+}
+
+/// The ingest prefetch through a store outage: what it fetched stays with the worker, kept by
+/// in-progress acks like the batch's own, instead of coming back after the ack wait (a
+/// redelivery, counted toward `max_deliveries` each time, so a long outage would dead-letter
+/// it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn messages_fetched_ahead_stay_with_the_worker_through_a_store_outage() {
+    let user = "prefetch_outage";
+    // Attempts fail fast (100 ms), so the first one ends before the prefetch would be handed
+    // back as stalled.
+    let (cluster, lock, pushes) = prefetch_against_a_locked_store(user, "100").await;
+    let admin = cluster.ingest[0].admin;
     assert_eq!(
         cluster
             .metric(admin, "legato_ingest_prefetched_messages_total")
@@ -400,17 +444,46 @@ async fn messages_fetched_ahead_stay_with_the_worker_through_a_store_outage() {
         .await;
     lock.execute_batch("COMMIT").expect("release the lock");
     drop(lock);
-    legato_tests::wait_for("all three committed", Duration::from_secs(30), || async {
-        let stored = legato_tests::view::stored_state(&cluster.open_store(), user).await;
-        (stored.len() == 3).then_some(())
-    })
-    .await;
+    assert_eq!(pushes.await.expect("pushes"), [202, 202, 202]);
+    wait_three_stored(&cluster, user).await;
     assert_eq!(
         cluster
             .metric(admin, "legato_ingest_redeliveries_total")
             .await,
         0.0,
         "a message came back during the outage"
+    );
+}
+
+/// An apply that stalls (here on SQLite's lock, for the 5 s busy timeout) hands the messages
+/// prefetched beside it back after a second, so another worker can take them instead of their
+/// waiting for the stalled one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stalled_apply_hands_its_prefetched_messages_back() {
+    let user = "prefetch_stall";
+    let (cluster, lock, pushes) = prefetch_against_a_locked_store(user, "5000").await;
+    let admin = cluster.ingest[0].admin;
+    // Handed back within the first attempt, which fails only after 5 s.
+    cluster
+        .wait_metric(admin, "legato_ingest_prefetch_handed_back_total", 1.0)
+        .await;
+    assert_eq!(
+        cluster
+            .metric(admin, "legato_ingest_store_errors_total")
+            .await,
+        0.0,
+        "handed back only after the attempt failed"
+    );
+    lock.execute_batch("COMMIT").expect("release the lock");
+    drop(lock);
+    wait_three_stored(&cluster, user).await;
+    assert_eq!(pushes.await.expect("pushes"), [202, 202, 202]);
+    // It came back to the consumer: fetched again, as a redelivery.
+    assert_eq!(
+        cluster
+            .metric(admin, "legato_ingest_redeliveries_total")
+            .await,
+        1.0
     );
 }
 

@@ -276,12 +276,12 @@ async fn a_short_fetch_ends_at_its_expiry_while_the_consumer_is_at_max_ack_pendi
     assert_eq!(held.len(), 1, "max_ack_pending is 1");
     // The ingest's prefetch while it applies: a message is waiting, but the consumer may not
     // hand it out. nats-server holds such a request until its expiry (a `no_wait` request
-    // without one, for ever), so the fetch must end with the 1 ms expiry, not with the
+    // without one, for ever), so the fetch must end with the prefetch's expiry, not with the
     // gathering bound of a lost request (1 s later).
     let started = Instant::now();
     let prefetched = payloads(
         fetcher
-            .next_batch(4, Duration::from_millis(1), &shutdown)
+            .next_batch(4, legato_ingest::worker::PREFETCH_EXPIRES, &shutdown)
             .await,
     );
     assert!(prefetched.is_empty());
@@ -297,7 +297,7 @@ async fn a_short_fetch_ends_at_its_expiry_while_the_consumer_is_at_max_ack_pendi
         assert!(Instant::now() < deadline);
         got = payloads(
             fetcher
-                .next_batch(4, Duration::from_millis(1), &shutdown)
+                .next_batch(4, legato_ingest::worker::PREFETCH_EXPIRES, &shutdown)
                 .await,
         );
     }
