@@ -349,6 +349,30 @@ impl Worker {
         .await;
     }
 
+    /// Runs `work` while keeping `decoded` this worker's: an in-progress ack every third of the
+    /// ack wait, so a store call that hangs (rather than fails) does not send the batch to
+    /// another worker, counting a delivery, while this one still applies it.
+    async fn keeping<T>(
+        &self,
+        decoded: &[Decoded],
+        work: impl std::future::Future<Output = T>,
+    ) -> T {
+        let every = (Duration::from_secs(self.config.consumer.ack_wait_secs) / 3)
+            .max(Duration::from_millis(100));
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        let mut work = std::pin::pin!(work);
+        loop {
+            tokio::select! {
+                result = &mut work => return result,
+                _ = tick.tick() => {
+                    for d in decoded {
+                        let _ = d.message.ack_with(AckKind::Progress).await;
+                    }
+                }
+            }
+        }
+    }
+
     /// Runs `attempt` with `prefetch` beside it, leaving the prefetched messages in
     /// `prefetched`; hands them back if the attempt outlasts [`PREFETCH_HOLD`].
     async fn beside_prefetch<T>(
@@ -411,7 +435,8 @@ impl Worker {
         loop {
             let attempt = async {
                 let started = std::time::Instant::now();
-                let result = self.store.apply(writes(decoded), Clock::now()).await;
+                let apply = self.store.apply(writes(decoded), Clock::now());
+                let result = self.keeping(decoded, apply).await;
                 (result, started.elapsed())
             };
             let (result, took) = match prefetch.take() {

@@ -487,6 +487,54 @@ async fn a_stalled_apply_hands_its_prefetched_messages_back() {
     );
 }
 
+/// A store call that hangs rather than fails (here on SQLite's lock, for a 5 s busy timeout,
+/// longer than the 2 s ack wait) keeps its batch with in-progress acks: the other worker,
+/// pulling all along, never gets it, and no delivery is counted against it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hanging_apply_keeps_its_batch_from_the_other_worker() {
+    let mut options = fast_options(1, 2, 1);
+    options.ingest_env.extend(env(&[
+        ("LEGATO_BATCH__PREFETCH_MIN_ITEMS", "0"),
+        ("LEGATO_STORE__SQLITE__BUSY_TIMEOUT_MS", "5000"),
+    ]));
+    let cluster = Cluster::start(options).await;
+    let edge = cluster.edges[0].http();
+    let admins: Vec<_> = cluster.ingest.iter().map(|w| w.admin).collect();
+    let sum = |series: &'static str| {
+        let cluster = &cluster;
+        let admins = admins.clone();
+        async move {
+            let mut total = 0.0;
+            for admin in admins {
+                total += cluster.metric(admin, series).await;
+            }
+            total
+        }
+    };
+    let lock = rusqlite::Connection::open(cluster.db_path()).expect("open the store file");
+    lock.execute_batch("BEGIN EXCLUSIVE")
+        .expect("take the write lock");
+    let user = "hanging_apply";
+    assert_eq!(probe_push(&cluster, edge, user, 0).await, 202);
+    // The first attempt gives up after 5 s, more than twice the ack wait.
+    legato_tests::wait_for("an attempt to fail", Duration::from_secs(30), || async {
+        (sum("legato_ingest_store_errors_total").await >= 1.0).then_some(())
+    })
+    .await;
+    lock.execute_batch("COMMIT").expect("release the lock");
+    drop(lock);
+    legato_tests::wait_for("the write committed", Duration::from_secs(30), || async {
+        let stored = legato_tests::view::stored_state(&cluster.open_store(), user).await;
+        (stored.len() == 1).then_some(())
+    })
+    .await;
+    assert_eq!(
+        sum("legato_ingest_redeliveries_total").await,
+        0.0,
+        "the batch went to the other worker while its apply hung"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_replay_storm_over_two_edges_executes_each_key_once() {
     use futures::StreamExt;
