@@ -91,6 +91,18 @@ fn writes(decoded: &[Decoded]) -> Vec<MessageWrites> {
         .collect()
 }
 
+/// Hands decoded messages back to the consumer (nak) for another worker.
+async fn hand_back(decoded: Vec<Decoded>) {
+    nats::hand_back(decoded.into_iter().map(|d| d.message).collect()).await;
+}
+
+/// Keeps `held` this worker's for another ack wait (an in-progress ack each).
+async fn keep_ours<'a>(held: impl Iterator<Item = &'a Decoded>) {
+    for d in held {
+        let _ = d.message.ack_with(AckKind::Progress).await;
+    }
+}
+
 /// A committed batch waiting to be published, replied to and acked.
 struct Applied {
     decoded: Vec<Decoded>,
@@ -220,7 +232,7 @@ impl Worker {
             else {
                 // Shutdown interrupted the store retries: back to the consumer with the
                 // prefetched ones (below).
-                nats::hand_back(decoded.into_iter().map(|d| d.message).collect()).await;
+                hand_back(decoded).await;
                 break;
             };
             self.metrics.batches.inc();
@@ -236,7 +248,7 @@ impl Worker {
         }
         // Fetched but not applied: back to the consumer for another worker (or this one's
         // successor) now rather than after their ack wait.
-        nats::hand_back(prefetched.into_iter().map(|d| d.message).collect()).await;
+        hand_back(prefetched).await;
         fetcher.stop().await;
     }
 
@@ -349,26 +361,24 @@ impl Worker {
         .await;
     }
 
-    /// Runs `work` while keeping `decoded` this worker's: an in-progress ack every third of the
-    /// ack wait, so a store call that hangs (rather than fails) does not send the batch to
-    /// another worker, counting a delivery, while this one still applies it.
-    async fn keeping<T>(
+    /// One store attempt for `decoded`, and how long it took. While it runs, `decoded` and
+    /// `held` are kept this worker's with an in-progress ack every third of the ack wait, so a
+    /// store call that hangs (rather than fails) does not send them to another worker,
+    /// counting a delivery, while this one still applies them.
+    async fn attempt(
         &self,
         decoded: &[Decoded],
-        work: impl std::future::Future<Output = T>,
-    ) -> T {
+        held: &[Decoded],
+    ) -> (legato_store::Result<Vec<Vec<ItemOutcome>>>, Duration) {
+        let started = std::time::Instant::now();
         let every = (Duration::from_secs(self.config.consumer.ack_wait_secs) / 3)
             .max(Duration::from_millis(100));
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-        let mut work = std::pin::pin!(work);
+        let mut apply = std::pin::pin!(self.store.apply(writes(decoded), Clock::now()));
         loop {
             tokio::select! {
-                result = &mut work => return result,
-                _ = tick.tick() => {
-                    for d in decoded {
-                        let _ = d.message.ack_with(AckKind::Progress).await;
-                    }
-                }
+                result = &mut apply => return (result, started.elapsed()),
+                _ = tick.tick() => keep_ours(decoded.iter().chain(held)).await,
             }
         }
     }
@@ -404,7 +414,7 @@ impl Worker {
                 );
                 let back = std::mem::take(prefetched);
                 self.metrics.prefetch_handed_back.inc_by(back.len() as u64);
-                nats::hand_back(back.into_iter().map(|d| d.message).collect()).await;
+                hand_back(back).await;
                 attempt.await
             }
         }
@@ -433,15 +443,14 @@ impl Worker {
         let mut backoff = Duration::from_millis(50);
         let max_backoff = Duration::from_millis(self.config.batch.max_retry_backoff_ms);
         loop {
-            let attempt = async {
-                let started = std::time::Instant::now();
-                let apply = self.store.apply(writes(decoded), Clock::now());
-                let result = self.keeping(decoded, apply).await;
-                (result, started.elapsed())
-            };
+            // Beside the first attempt the prefetch fills `prefetched` (and hands it back if
+            // the attempt stalls); beside later ones, what it brought is kept with the batch.
             let (result, took) = match prefetch.take() {
-                Some(prefetch) => self.beside_prefetch(attempt, prefetch, prefetched).await,
-                None => attempt.await,
+                Some(prefetch) => {
+                    let attempt = self.attempt(decoded, &[]);
+                    self.beside_prefetch(attempt, prefetch, prefetched).await
+                }
+                None => self.attempt(decoded, prefetched).await,
             };
             match result {
                 Ok(outcomes) => {
@@ -452,9 +461,7 @@ impl Worker {
                     self.metrics.store_errors.inc();
                     tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "store apply failed");
                     // Keep the messages ours while we wait, so no other worker piles on.
-                    for d in decoded.iter().chain(prefetched.iter()) {
-                        let _ = d.message.ack_with(AckKind::Progress).await;
-                    }
+                    keep_ours(decoded.iter().chain(prefetched.iter())).await;
                     if !pause(shutdown, backoff).await {
                         return None;
                     }
