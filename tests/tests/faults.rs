@@ -229,13 +229,11 @@ async fn an_edge_killed_with_sessions_is_survived_by_resuming_on_the_other() {
 }
 
 /// One push of a fresh write as `user` to `edge`: its status (0 when no answer).
-async fn probe_push(cluster: &Cluster, edge: std::net::SocketAddr, user: &str, n: u64) -> u16 {
+async fn probe_push(http: &reqwest::Client, edge: std::net::SocketAddr, user: &str, n: u64) -> u16 {
     let body = serde_json::json!({"changes": {"entries": [
         {"id": format!("probe-{n}"), "updatedAt": 1_750_000_000_000i64 + n as i64}
     ]}});
-    cluster
-        .http
-        .post(format!("http://{edge}/api/sync/push"))
+    http.post(format!("http://{edge}/api/sync/push"))
         .bearer_auth(legato_tests::Pipeline::token(user))
         .json(&body)
         .send()
@@ -253,7 +251,7 @@ async fn nats_killed_and_restarted_on_its_store_is_survived_without_restarting_a
     // While the broker is down, a write is never acknowledged.
     let mut refused = 0;
     for n in 0..5 {
-        let status = probe_push(&cluster, edge, "fault_probe", n).await;
+        let status = probe_push(&cluster.http, edge, "fault_probe", n).await;
         assert_eq!(status, 503, "a push while NATS is down");
         refused += 1;
     }
@@ -271,7 +269,7 @@ async fn nats_killed_and_restarted_on_its_store_is_survived_without_restarting_a
         Duration::from_secs(20),
         || {
             n += 1;
-            let probe = probe_push(&cluster, edge, "fault_probe", n);
+            let probe = probe_push(&cluster.http, edge, "fault_probe", n);
             async move { (probe.await == 200).then_some(()) }
         },
     )
@@ -381,16 +379,7 @@ async fn prefetch_against_a_locked_store(
     let pushes = {
         let http = cluster.http.clone();
         tokio::spawn(async move {
-            let pushes = (0..3).map(|n| {
-                let body = serde_json::json!({"changes": {"entries": [
-                    {"id": format!("probe-{n}"), "updatedAt": 1_750_000_000_000i64 + n}
-                ]}});
-                let request = http
-                    .post(format!("http://{edge}/api/sync/push"))
-                    .bearer_auth(legato_tests::Pipeline::token(user))
-                    .json(&body);
-                async move { request.send().await.map_or(0, |r| r.status().as_u16()) }
-            });
+            let pushes = (0..3).map(|n| probe_push(&http, edge, user, n));
             futures::future::join_all(pushes).await
         })
     };
@@ -411,11 +400,11 @@ async fn prefetch_against_a_locked_store(
     (cluster, lock, pushes)
 }
 
-/// Waits until all three writes of [`prefetch_against_a_locked_store`] are stored.
-async fn wait_three_stored(cluster: &Cluster, user: &str) {
-    legato_tests::wait_for("all three committed", Duration::from_secs(30), || async {
+/// Waits until `count` entities of `user` are stored.
+async fn wait_stored(cluster: &Cluster, user: &str, count: usize) {
+    legato_tests::wait_for("the writes committed", Duration::from_secs(30), || async {
         let stored = legato_tests::view::stored_state(&cluster.open_store(), user).await;
-        (stored.len() == 3).then_some(())
+        (stored.len() == count).then_some(())
     })
     .await;
 }
@@ -445,7 +434,7 @@ async fn messages_fetched_ahead_stay_with_the_worker_through_a_store_outage() {
     lock.execute_batch("COMMIT").expect("release the lock");
     drop(lock);
     assert_eq!(pushes.await.expect("pushes"), [202, 202, 202]);
-    wait_three_stored(&cluster, user).await;
+    wait_stored(&cluster, user, 3).await;
     assert_eq!(
         cluster
             .metric(admin, "legato_ingest_redeliveries_total")
@@ -476,7 +465,7 @@ async fn a_stalled_apply_hands_its_prefetched_messages_back() {
     );
     lock.execute_batch("COMMIT").expect("release the lock");
     drop(lock);
-    wait_three_stored(&cluster, user).await;
+    wait_stored(&cluster, user, 3).await;
     assert_eq!(pushes.await.expect("pushes"), [202, 202, 202]);
     // It came back to the consumer: fetched again, as a redelivery.
     assert_eq!(
@@ -515,7 +504,7 @@ async fn a_hanging_apply_keeps_its_batch_from_the_other_worker() {
     lock.execute_batch("BEGIN EXCLUSIVE")
         .expect("take the write lock");
     let user = "hanging_apply";
-    assert_eq!(probe_push(&cluster, edge, user, 0).await, 202);
+    assert_eq!(probe_push(&cluster.http, edge, user, 0).await, 202);
     // The first attempt gives up after 5 s, more than twice the ack wait.
     legato_tests::wait_for("an attempt to fail", Duration::from_secs(30), || async {
         (sum("legato_ingest_store_errors_total").await >= 1.0).then_some(())
@@ -523,11 +512,7 @@ async fn a_hanging_apply_keeps_its_batch_from_the_other_worker() {
     .await;
     lock.execute_batch("COMMIT").expect("release the lock");
     drop(lock);
-    legato_tests::wait_for("the write committed", Duration::from_secs(30), || async {
-        let stored = legato_tests::view::stored_state(&cluster.open_store(), user).await;
-        (stored.len() == 1).then_some(())
-    })
-    .await;
+    wait_stored(&cluster, user, 1).await;
     assert_eq!(
         sum("legato_ingest_redeliveries_total").await,
         0.0,
