@@ -31,6 +31,8 @@ pub struct BatchSettings {
     /// 0 turns it off.
     pub prefetch_min_items: usize,
     /// A message delivered more often than this is terminated (poison) without processing.
+    /// At least 3: the messages a crashing one came with need two deliveries after the crash
+    /// to be committed without it (see the ingest loop).
     pub max_deliveries: i64,
     /// How long an undecodable message waits before it is delivered again (it is terminated
     /// after `max_deliveries`).
@@ -56,6 +58,18 @@ impl Default for BatchSettings {
     }
 }
 
+impl IngestConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.batch.max_messages == 0 {
+            return Err("batch.max_messages must be positive".into());
+        }
+        if self.batch.max_deliveries < 3 {
+            return Err("batch.max_deliveries must be at least 3".into());
+        }
+        Ok(())
+    }
+}
+
 impl Default for IngestConfig {
     fn default() -> Self {
         IngestConfig {
@@ -70,5 +84,21 @@ impl Default for IngestConfig {
             consumer: ConsumerSettings::default(),
             batch: BatchSettings::default(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::IngestConfig;
+
+    #[test]
+    fn the_defaults_are_valid_and_too_few_deliveries_are_refused() {
+        let mut config = IngestConfig::default();
+        assert_eq!(config.validate(), Ok(()));
+        config.batch.max_deliveries = 2;
+        assert!(config.validate().unwrap_err().contains("max_deliveries"));
+        config.batch.max_deliveries = 3;
+        config.batch.max_messages = 0;
+        assert!(config.validate().unwrap_err().contains("max_messages"));
     }
 }

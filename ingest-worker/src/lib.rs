@@ -26,6 +26,7 @@ pub struct Application {
 
 impl Application {
     pub async fn build(config: IngestConfig) -> anyhow::Result<Application> {
+        config.validate().map_err(anyhow::Error::msg)?;
         let admin_listener = TcpListener::bind(&config.admin_listen)
             .await
             .with_context(|| format!("binding {}", config.admin_listen))?;

@@ -12,6 +12,8 @@
 //! published, so a crash anywhere before the ack means redelivery, never loss. A redelivered
 //! message finds its items already stored with its own sequence; those count as applied again
 //! (DESIGN.md "Crash windows"), and `SYNC_OUT`'s message id makes the second publish a no-op.
+//! Redelivered messages are applied one at a time, so a message that crashes every worker
+//! applying it is terminated after `max_deliveries` alone, not with the batch it came in.
 
 use crate::config::IngestConfig;
 use crate::metrics::IngestMetrics;
@@ -67,8 +69,8 @@ struct Decoded {
     /// Shared with the store call and published to `SYNC_OUT` from here: never copied.
     items: Arc<[WriteItem]>,
     seq: u64,
-    /// Delivered before (a redelivery).
-    redelivered: bool,
+    /// How often the broker has delivered it (more than once: a redelivery).
+    delivered: i64,
     /// When decoding began.
     fetched: std::time::Instant,
 }
@@ -108,6 +110,26 @@ struct Applied {
     decoded: Vec<Decoded>,
     outcomes: Vec<Vec<ItemOutcome>>,
     committed_at: Clock,
+    /// Told once the batch is finished, for an apply that must wait for that.
+    finished: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+/// Where a redelivered message goes in the order they are applied one at a time, in a batch
+/// whose most-delivered message has been delivered `highest_delivered` times.
+///
+/// A redelivered message may be one that kills the worker that applies it. Applied alone, it
+/// takes with it only the messages still waiting behind it, each of which counts one more
+/// delivery toward `max_deliveries`. They are ordered by sequence, ascending when the highest
+/// delivery count is even and descending when it is odd. Each crash adds a delivery to all of
+/// them, so the order turns, and the messages that waited behind the crashing one are ahead of
+/// it the next time: two deliveries after the one that crashed with a whole batch, only the
+/// crashing message is left, and it alone reaches `max_deliveries` (at least 3).
+fn redelivery_order(highest_delivered: i64, seq: u64) -> u64 {
+    if highest_delivered % 2 == 0 {
+        seq
+    } else {
+        u64::MAX - seq
+    }
 }
 
 impl Worker {
@@ -155,10 +177,10 @@ impl Worker {
     /// other workers can take. Small batches are applied without it: a message arriving during
     /// their apply would be fetched only while the prefetched batch is applied, and so wait
     /// for one more apply than without the prefetch (p50 +0.2 to +0.6 ms at half the 1-item
-    /// maximum, docs/BENCHMARKS.md). Nor is a batch with a redelivered message in it: if that
-    /// message is what crashes workers, each crash would count a delivery of the prefetched
-    /// messages too, toward their `max_deliveries`. An apply that stalls hands its prefetch
-    /// back after [`PREFETCH_HOLD`].
+    /// maximum, docs/BENCHMARKS.md). Nor is a fetch with a redelivered message in it: its
+    /// first deliveries are applied as one batch, and the redelivered messages then one at a
+    /// time (see [`Worker::redelivered`]), with nothing else held that a crash among them
+    /// would bring back. An apply that stalls hands its prefetch back after [`PREFETCH_HOLD`].
     /// Returns on shutdown (dropping `applied` lets the finisher drain and stop).
     async fn apply_loop(
         &self,
@@ -200,49 +222,45 @@ impl Worker {
             } else {
                 std::mem::take(&mut prefetched)
             };
-            if decoded.is_empty() {
-                continue;
-            }
-            let items: usize = decoded.iter().map(|d| d.items.len()).sum();
-            let worth_it = batch.prefetch_min_items > 0
-                && items >= batch.prefetch_min_items
-                && !decoded.iter().any(|d| d.redelivered)
-                && !shutdown.is_cancelled();
-            let prefetch = worth_it.then_some(async {
-                match fetcher
-                    .next_batch_within(
-                        batch.max_messages,
-                        PREFETCH_EXPIRES,
-                        PREFETCH_GRACE,
-                        shutdown,
-                    )
-                    .await
-                {
-                    nats::Fetched::Messages(messages) => {
-                        self.metrics.prefetched.inc_by(messages.len() as u64);
-                        self.decode_all(messages).await
+            // Redelivered messages are applied one at a time after the rest (`redelivered`).
+            let (redelivered, fresh): (Vec<_>, Vec<_>) =
+                decoded.into_iter().partition(|d| d.delivered > 1);
+            if !fresh.is_empty() {
+                let items: usize = fresh.iter().map(|d| d.items.len()).sum();
+                let worth_it = batch.prefetch_min_items > 0
+                    && items >= batch.prefetch_min_items
+                    && redelivered.is_empty()
+                    && !shutdown.is_cancelled();
+                let prefetch = worth_it.then_some(async {
+                    match fetcher
+                        .next_batch_within(
+                            batch.max_messages,
+                            PREFETCH_EXPIRES,
+                            PREFETCH_GRACE,
+                            shutdown,
+                        )
+                        .await
+                    {
+                        nats::Fetched::Messages(messages) => {
+                            self.metrics.prefetched.inc_by(messages.len() as u64);
+                            self.decode_all(messages).await
+                        }
+                        // The next fetch meets the failure (or the shutdown) again.
+                        nats::Fetched::Failed | nats::Fetched::Stopped => Vec::new(),
                     }
-                    // The next fetch meets the failure (or the shutdown) again.
-                    nats::Fetched::Failed | nats::Fetched::Stopped => Vec::new(),
+                });
+                // Finished before the redelivered ones are applied, so a crash among those
+                // does not bring these back.
+                let settle = !redelivered.is_empty();
+                let committed = self
+                    .commit(fresh, prefetch, &mut prefetched, &applied, settle, shutdown)
+                    .await;
+                if !committed {
+                    hand_back(redelivered).await;
+                    break;
                 }
-            });
-            let Some(outcomes) = self
-                .apply_with_retry(&decoded, prefetch, &mut prefetched, shutdown)
-                .await
-            else {
-                // Shutdown interrupted the store retries: back to the consumer with the
-                // prefetched ones (below).
-                hand_back(decoded).await;
-                break;
-            };
-            self.metrics.batches.inc();
-            self.metrics.batch_size.observe(decoded.len() as f64);
-            let committed = Applied {
-                decoded,
-                outcomes,
-                committed_at: Clock::now(),
-            };
-            if applied.send(committed).await.is_err() {
+            }
+            if !self.redelivered(redelivered, &applied, shutdown).await {
                 break;
             }
         }
@@ -250,6 +268,86 @@ impl Worker {
         // successor) now rather than after their ack wait.
         hand_back(prefetched).await;
         fetcher.stop().await;
+    }
+
+    /// Applies `decoded` in one transaction and hands it to the finisher. `prefetched` holds
+    /// the other messages the worker has taken, kept with in-progress acks through the
+    /// attempts and filled by `prefetch` if given (see `apply_with_retry`). With `settle`,
+    /// returns once it is finished and its acks
+    /// are flushed to the broker, so a crash after that cannot bring it back. `false` when the
+    /// loop must stop: shutdown came during the store retries (`decoded` is handed back), or
+    /// the finisher is gone.
+    async fn commit(
+        &self,
+        decoded: Vec<Decoded>,
+        prefetch: Option<impl std::future::Future<Output = Vec<Decoded>>>,
+        prefetched: &mut Vec<Decoded>,
+        applied: &tokio::sync::mpsc::Sender<Applied>,
+        settle: bool,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        let Some(outcomes) = self
+            .apply_with_retry(&decoded, prefetch, prefetched, shutdown)
+            .await
+        else {
+            hand_back(decoded).await;
+            return false;
+        };
+        self.metrics.batches.inc();
+        self.metrics.batch_size.observe(decoded.len() as f64);
+        let (finished, settled) = if settle {
+            let (sender, receiver) = tokio::sync::oneshot::channel();
+            (Some(sender), Some(receiver))
+        } else {
+            (None, None)
+        };
+        let committed = Applied {
+            decoded,
+            outcomes,
+            committed_at: Clock::now(),
+            finished,
+        };
+        if applied.send(committed).await.is_err() {
+            return false;
+        }
+        if let Some(settled) = settled {
+            if settled.await.is_err() {
+                return false;
+            }
+            if let Err(e) = self.client.flush().await {
+                tracing::warn!(error = %e, "flushing acks failed");
+            }
+        }
+        true
+    }
+
+    /// Applies redelivered messages one at a time, each finished before the next is applied,
+    /// in [`redelivery_order`]: a message that kills every worker applying it (a store bug
+    /// some input meets, say) then reaches `max_deliveries` alone, where in a batch it would
+    /// take the batch's other messages with it, writes answered 202 among them. `false` when
+    /// the loop must stop (the rest are handed back).
+    async fn redelivered(
+        &self,
+        mut redelivered: Vec<Decoded>,
+        applied: &tokio::sync::mpsc::Sender<Applied>,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        let highest = redelivered.iter().map(|d| d.delivered).max().unwrap_or(0);
+        // Taken from the end; the ones still waiting are kept with in-progress acks during
+        // each attempt, like a prefetch.
+        redelivered.sort_by_key(|d| std::cmp::Reverse(redelivery_order(highest, d.seq)));
+        while let Some(d) = redelivered.pop() {
+            let none = None::<std::future::Ready<Vec<Decoded>>>;
+            if !self
+                .commit(vec![d], none, &mut redelivered, applied, true, shutdown)
+                .await
+            {
+                hand_back(redelivered).await;
+                return false;
+            }
+            self.metrics.applied_alone.inc();
+        }
+        true
     }
 
     /// Decodes fetched messages; the ones that cannot be applied are dealt with and left out.
@@ -343,7 +441,7 @@ impl Worker {
             items: std::mem::take(&mut envelope.items).into(),
             envelope,
             seq,
-            redelivered: delivered > 1,
+            delivered,
             fetched,
         })
     }
@@ -359,6 +457,9 @@ impl Worker {
                 .map(|(d, outcomes)| self.finish(d, outcomes, committed_at)),
         )
         .await;
+        if let Some(finished) = batch.finished {
+            let _ = finished.send(());
+        }
     }
 
     /// One store attempt for `decoded`, and how long it took. While it runs, `decoded` and
@@ -553,6 +654,58 @@ impl Worker {
         // handles like any other (the store reports the write as this message's own).
         if let Err(e) = d.message.ack().await {
             tracing::warn!(error = %e, seq = d.seq, "ack not sent; the message will be redelivered");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redelivery_order;
+
+    /// Messages with sequences `0..delivered.len()`, redelivered together with `delivered[i]`
+    /// deliveries so far, are applied one at a time in `redelivery_order`, round after round;
+    /// the one at `crasher` kills the worker each time it is applied, and every message still
+    /// waiting then comes back with one more delivery. Returns how many more deliveries each
+    /// of the others took before it was committed, once only `crasher` is left.
+    fn extra_deliveries(delivered: &[i64], crasher: u64) -> Vec<i64> {
+        let mut waiting: Vec<(u64, i64)> = (0..).zip(delivered.iter().copied()).collect();
+        let mut extra = vec![0; delivered.len()];
+        for _ in 0..delivered.len() {
+            let highest = waiting.iter().map(|w| w.1).max().expect("one waits");
+            waiting.sort_by_key(|w| redelivery_order(highest, w.0));
+            let crash = waiting
+                .iter()
+                .position(|w| w.0 == crasher)
+                .expect("it waits");
+            let behind = waiting.split_off(crash);
+            for (seq, d) in waiting {
+                extra[seq as usize] = d - delivered[seq as usize];
+            }
+            waiting = behind.into_iter().map(|(seq, d)| (seq, d + 1)).collect();
+            if waiting.len() == 1 {
+                break;
+            }
+        }
+        assert_eq!(waiting.len(), 1, "only the crashing message is left");
+        extra.remove(crasher as usize);
+        extra
+    }
+
+    #[test]
+    fn a_message_that_crashes_every_worker_is_left_alone_within_two_deliveries() {
+        for n in 1..=9_usize {
+            for crasher in 0..n as u64 {
+                // The batch it crashed with, and messages handed back more often before.
+                let together = vec![2; n];
+                let mixed: Vec<i64> = (0..n as i64).map(|i| 2 + i % 3).collect();
+                for delivered in [together, mixed] {
+                    let extra = extra_deliveries(&delivered, crasher);
+                    assert!(
+                        extra.iter().all(|&e| e <= 2),
+                        "{delivered:?}, crashing at {crasher}: extra deliveries {extra:?}"
+                    );
+                }
+            }
         }
     }
 }

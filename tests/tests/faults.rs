@@ -303,9 +303,7 @@ async fn a_locked_store_stalls_ingest_without_acks_and_recovers() {
     let run = Run::start(&mut cluster, false).await;
     run.load.wait_more_acked(phase()).await;
     // Another process takes SQLite's write lock and keeps it.
-    let lock = rusqlite::Connection::open(cluster.db_path()).expect("open the store file");
-    lock.execute_batch("BEGIN EXCLUSIVE")
-        .expect("take the write lock");
+    let lock = lock_store(&cluster);
     cluster.wait_readyz(ingest_admin, 503).await;
     cluster
         .wait_metric(ingest_admin, "legato_ingest_store_errors_total", 2.0)
@@ -350,6 +348,37 @@ async fn a_locked_store_stalls_ingest_without_acks_and_recovers() {
     workload::report("store-locked", &tally, under_fault, entries);
 }
 
+/// Another connection holding SQLite's write lock (`BEGIN EXCLUSIVE`) until it commits.
+fn lock_store(cluster: &Cluster) -> rusqlite::Connection {
+    let lock = rusqlite::Connection::open(cluster.db_path()).expect("open the store file");
+    lock.execute_batch("BEGIN EXCLUSIVE")
+        .expect("take the write lock");
+    lock
+}
+
+/// `count` probe pushes of `user` to the first edge, running on; returns once all of them are
+/// in `SYNC_IN`. The task gives their statuses.
+async fn push_probes(
+    cluster: &Cluster,
+    user: &'static str,
+    count: u64,
+) -> tokio::task::JoinHandle<Vec<u16>> {
+    let edge = cluster.edges[0].http();
+    let first = cluster.sync_in_last_sequence().await;
+    let pushes = {
+        let http = cluster.http.clone();
+        tokio::spawn(async move {
+            let pushes = (0..count).map(|n| probe_push(&http, edge, user, n));
+            futures::future::join_all(pushes).await
+        })
+    };
+    legato_tests::wait_for("the writes in SYNC_IN", Duration::from_secs(10), || async {
+        (cluster.sync_in_last_sequence().await == first + count).then_some(())
+    })
+    .await;
+    pushes
+}
+
 /// One ingest worker that takes one message a batch and prefetches beside every apply, and
 /// whose store attempts wait `busy_timeout_ms` for SQLite's lock. Three writes of `user` wait
 /// in `SYNC_IN` while the worker is stopped; the store is locked; then the worker goes on: its
@@ -373,25 +402,9 @@ async fn prefetch_against_a_locked_store(
         ("LEGATO_BATCH__MAX_RETRY_BACKOFF_MS", "400"),
     ]));
     let cluster = Cluster::start(options).await;
-    let edge = cluster.edges[0].http();
-    let first = cluster.sync_in_last_sequence().await;
     cluster.ingest[0].signal("STOP");
-    let pushes = {
-        let http = cluster.http.clone();
-        tokio::spawn(async move {
-            let pushes = (0..3).map(|n| probe_push(&http, edge, user, n));
-            futures::future::join_all(pushes).await
-        })
-    };
-    legato_tests::wait_for(
-        "three writes in SYNC_IN",
-        Duration::from_secs(10),
-        || async { (cluster.sync_in_last_sequence().await == first + 3).then_some(()) },
-    )
-    .await;
-    let lock = rusqlite::Connection::open(cluster.db_path()).expect("open the store file");
-    lock.execute_batch("BEGIN EXCLUSIVE")
-        .expect("take the write lock");
+    let pushes = push_probes(&cluster, user, 3).await;
+    let lock = lock_store(&cluster);
     cluster.ingest[0].signal("CONT");
     let admin = cluster.ingest[0].admin;
     cluster
@@ -500,9 +513,7 @@ async fn a_hanging_apply_keeps_its_batch_from_the_other_worker() {
             total
         }
     };
-    let lock = rusqlite::Connection::open(cluster.db_path()).expect("open the store file");
-    lock.execute_batch("BEGIN EXCLUSIVE")
-        .expect("take the write lock");
+    let lock = lock_store(&cluster);
     let user = "hanging_apply";
     assert_eq!(probe_push(&cluster.http, edge, user, 0).await, 202);
     // The first attempt gives up after 5 s, more than twice the ack wait.
@@ -517,6 +528,46 @@ async fn a_hanging_apply_keeps_its_batch_from_the_other_worker() {
         sum("legato_ingest_redeliveries_total").await,
         0.0,
         "the batch went to the other worker while its apply hung"
+    );
+}
+
+/// A worker killed while it applies a batch: its successor applies the redelivered messages
+/// one at a time, each finished before the next, so a message that kills every worker applying
+/// it would reach `max_deliveries` alone instead of taking its batch with it (which of them it
+/// is, nobody knows; the order that turns such a message up is a unit test of the worker).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn after_a_crash_mid_apply_the_redelivered_messages_are_applied_one_at_a_time() {
+    let mut cluster = Cluster::start(fast_options(1, 1, 1)).await;
+    let user = "crashed_apply";
+    // The worker's apply waits on SQLite's lock (5 s busy timeout) while the writes arrive.
+    let lock = lock_store(&cluster);
+    let pushes = push_probes(&cluster, user, 4).await;
+    // Held by the stuck apply: it fetches nothing more until the apply ends.
+    let held = wait_mid_batch(&cluster).await;
+    cluster.ingest[0].kill();
+    lock.execute_batch("COMMIT").expect("release the lock");
+    drop(lock);
+    let successor = cluster.spawn(Kind::Ingest).await;
+    let admin = cluster.ingest[successor].admin;
+    wait_stored(&cluster, user, 4).await;
+    // Those the successor commits within the edge's commit wait are answered 200.
+    let answered = pushes.await.expect("pushes");
+    assert!(
+        answered.iter().all(|s| [200, 202].contains(s)),
+        "{answered:?}"
+    );
+    assert_eq!(
+        cluster
+            .metric(admin, "legato_ingest_applied_alone_total")
+            .await,
+        held as f64,
+        "each message the killed worker held is applied alone"
+    );
+    assert_eq!(
+        cluster
+            .metric(admin, "legato_ingest_redeliveries_total")
+            .await,
+        held as f64
     );
 }
 
