@@ -26,8 +26,8 @@ pub struct IngestMetrics {
     /// A message from its fetch to its commit reply.
     pub message_seconds: Histogram,
     pub redeliveries: IntCounter,
-    /// Redelivered messages applied one at a time, each finished before the next.
-    pub applied_alone: IntCounter,
+    /// Redelivered messages applied one at a time, each once everything before it is finished.
+    pub isolated: IntCounter,
     /// Messages fetched while the batch before them was applied (the prefetch).
     pub prefetched: IntCounter,
     /// Prefetched messages handed back because the apply beside them stalled.
@@ -95,10 +95,11 @@ impl IngestMetrics {
                 "legato_ingest_prefetched_messages_total",
                 "Messages fetched while the batch before them was being applied",
             )?,
-            applied_alone: IntCounter::new(
-                "legato_ingest_applied_alone_total",
-                "Redelivered messages applied in a transaction of their own, each finished \
-                 before the next, so one that crashes workers takes no other with it",
+            isolated: IntCounter::new(
+                "legato_ingest_isolated_messages_total",
+                "Redelivered messages applied in a transaction of their own once everything \
+                 before them was finished and acked, so one that crashes workers costs each \
+                 other message at most one more delivery",
             )?,
             prefetch_handed_back: IntCounter::new(
                 "legato_ingest_prefetch_handed_back_total",
@@ -145,7 +146,7 @@ impl IngestMetrics {
         registry.register(Box::new(m.queue_seconds.clone()))?;
         registry.register(Box::new(m.message_seconds.clone()))?;
         registry.register(Box::new(m.redeliveries.clone()))?;
-        registry.register(Box::new(m.applied_alone.clone()))?;
+        registry.register(Box::new(m.isolated.clone()))?;
         registry.register(Box::new(m.prefetched.clone()))?;
         registry.register(Box::new(m.prefetch_handed_back.clone()))?;
         registry.register(Box::new(m.undecodable.clone()))?;

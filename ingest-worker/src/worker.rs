@@ -1,5 +1,6 @@
 //! The ingest loop: fetch a batch from the shared durable consumer, apply it to the store in
-//! one call, publish the effective changes to `SYNC_OUT`, reply to the edge, then ack.
+//! one call, publish the effective changes to `SYNC_OUT`, reply to the edge, then ack
+//! (redelivered messages are applied one at a time, see below).
 //!
 //! Two stages overlap: while one committed batch is being published, replied to and acked,
 //! the next one is fetched and applied (the store is the bottleneck; it should not wait for
@@ -12,8 +13,9 @@
 //! published, so a crash anywhere before the ack means redelivery, never loss. A redelivered
 //! message finds its items already stored with its own sequence; those count as applied again
 //! (DESIGN.md "Crash windows"), and `SYNC_OUT`'s message id makes the second publish a no-op.
-//! Redelivered messages are applied one at a time, so a message that crashes every worker
-//! applying it is terminated after `max_deliveries` alone, not with the batch it came in.
+//! Redelivered messages are applied one at a time, each once everything before it is finished,
+//! so a message that crashes every worker applying it is terminated after `max_deliveries`
+//! alone, not with the batch it came in.
 
 use crate::config::IngestConfig;
 use crate::metrics::IngestMetrics;
@@ -114,18 +116,19 @@ struct Applied {
     finished: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
-/// Where a redelivered message goes in the order they are applied one at a time, in a batch
-/// whose most-delivered message has been delivered `highest_delivered` times.
+/// Where a redelivered message delivered `delivered` times goes in the order redelivered
+/// messages are applied one at a time (smallest first).
 ///
 /// A redelivered message may be one that kills the worker that applies it. Applied alone, it
 /// takes with it only the messages still waiting behind it, each of which counts one more
-/// delivery toward `max_deliveries`. They are ordered by sequence, ascending when the highest
-/// delivery count is even and descending when it is odd. Each crash adds a delivery to all of
-/// them, so the order turns, and the messages that waited behind the crashing one are ahead of
-/// it the next time: two deliveries after the one that crashed with a whole batch, only the
-/// crashing message is left, and it alone reaches `max_deliveries` (at least 3).
-fn redelivery_order(highest_delivered: i64, seq: u64) -> u64 {
-    if highest_delivered % 2 == 0 {
+/// delivery toward `max_deliveries`. Messages with an even count come first, by ascending
+/// sequence, then those with an odd count, by descending sequence. A crash adds a delivery to
+/// the crashing message and to every one waiting behind it, which turns the parity of both, so
+/// each of those is ahead of it the next time, whatever else is fetched with them: a crashing
+/// message costs every other message at most one delivery besides the one it cost the batch
+/// they came in, and only it reaches `max_deliveries` (at least 3).
+fn redelivery_order(delivered: i64, seq: u64) -> u64 {
+    if delivered % 2 == 0 {
         seq
     } else {
         u64::MAX - seq
@@ -223,7 +226,7 @@ impl Worker {
                 std::mem::take(&mut prefetched)
             };
             // Redelivered messages are applied one at a time after the rest (`redelivered`).
-            let (redelivered, fresh): (Vec<_>, Vec<_>) =
+            let (mut redelivered, fresh): (Vec<_>, Vec<_>) =
                 decoded.into_iter().partition(|d| d.delivered > 1);
             if !fresh.is_empty() {
                 let items: usize = fresh.iter().map(|d| d.items.len()).sum();
@@ -249,18 +252,19 @@ impl Worker {
                         nats::Fetched::Failed | nats::Fetched::Stopped => Vec::new(),
                     }
                 });
-                // Finished before the redelivered ones are applied, so a crash among those
-                // does not bring these back.
-                let settle = !redelivered.is_empty();
-                let committed = self
-                    .commit(fresh, prefetch, &mut prefetched, &applied, settle, shutdown)
-                    .await;
-                if !committed {
+                // The redelivered ones (never beside a prefetch) wait through this batch's
+                // attempts, kept this worker's like a prefetch.
+                let held = if redelivered.is_empty() {
+                    &mut prefetched
+                } else {
+                    &mut redelivered
+                };
+                if !self.commit(fresh, prefetch, held, &applied, shutdown).await {
                     hand_back(redelivered).await;
                     break;
                 }
             }
-            if !self.redelivered(redelivered, &applied, shutdown).await {
+            if !redelivered.is_empty() && !self.redelivered(redelivered, &applied, shutdown).await {
                 break;
             }
         }
@@ -272,9 +276,7 @@ impl Worker {
 
     /// Applies `decoded` in one transaction and hands it to the finisher. `prefetched` holds
     /// the other messages the worker has taken, kept with in-progress acks through the
-    /// attempts and filled by `prefetch` if given (see `apply_with_retry`). With `settle`,
-    /// returns once it is finished and its acks
-    /// are flushed to the broker, so a crash after that cannot bring it back. `false` when the
+    /// attempts and filled by `prefetch` if given (see `apply_with_retry`). `false` when the
     /// loop must stop: shutdown came during the store retries (`decoded` is handed back), or
     /// the finisher is gone.
     async fn commit(
@@ -283,7 +285,6 @@ impl Worker {
         prefetch: Option<impl std::future::Future<Output = Vec<Decoded>>>,
         prefetched: &mut Vec<Decoded>,
         applied: &tokio::sync::mpsc::Sender<Applied>,
-        settle: bool,
         shutdown: &CancellationToken,
     ) -> bool {
         let Some(outcomes) = self
@@ -295,57 +296,75 @@ impl Worker {
         };
         self.metrics.batches.inc();
         self.metrics.batch_size.observe(decoded.len() as f64);
-        let (finished, settled) = if settle {
-            let (sender, receiver) = tokio::sync::oneshot::channel();
-            (Some(sender), Some(receiver))
-        } else {
-            (None, None)
-        };
         let committed = Applied {
             decoded,
             outcomes,
             committed_at: Clock::now(),
-            finished,
+            finished: None,
         };
-        if applied.send(committed).await.is_err() {
+        applied.send(committed).await.is_ok()
+    }
+
+    /// Waits until every batch handed to the finisher so far is finished and the broker has
+    /// read its acks, so a crash after this cannot bring those messages back (one whose
+    /// `SYNC_OUT` publish failed is not acked: it comes back regardless). `false` when the
+    /// finisher is gone.
+    async fn settle(&self, applied: &tokio::sync::mpsc::Sender<Applied>) -> bool {
+        let (finished, settled) = tokio::sync::oneshot::channel();
+        let barrier = Applied {
+            decoded: Vec::new(),
+            outcomes: Vec::new(),
+            committed_at: Clock::now(),
+            finished: Some(finished),
+        };
+        if applied.send(barrier).await.is_err() || settled.await.is_err() {
             return false;
         }
-        if let Some(settled) = settled {
-            if settled.await.is_err() {
-                return false;
-            }
-            if let Err(e) = self.client.flush().await {
-                tracing::warn!(error = %e, "flushing acks failed");
-            }
+        // The acks are publishes on this connection, which the broker reads in order: a
+        // request sent after them is answered only once they are read. (A flush only writes
+        // them to the socket, where a crash can still lose them.)
+        if let Err(e) = self.js.query_account().await {
+            tracing::warn!(error = %e, "confirming the acks with the broker failed");
         }
         true
     }
 
-    /// Applies redelivered messages one at a time, each finished before the next is applied,
-    /// in [`redelivery_order`]: a message that kills every worker applying it (a store bug
-    /// some input meets, say) then reaches `max_deliveries` alone, where in a batch it would
-    /// take the batch's other messages with it, writes answered 202 among them. `false` when
-    /// the loop must stop (the rest are handed back).
+    /// Applies redelivered messages one at a time in [`redelivery_order`], each only once
+    /// everything applied before it is finished and acked ([`Worker::settle`]): a message that
+    /// kills every worker applying it (a store bug some input meets, say) then reaches
+    /// `max_deliveries` alone, where in a batch it would take the batch's other messages with
+    /// it, writes answered 202 among them. The ones still waiting are kept this worker's with
+    /// in-progress acks. `false` when the loop must stop (shutdown, or the finisher gone): the
+    /// rest are handed back.
     async fn redelivered(
         &self,
         mut redelivered: Vec<Decoded>,
         applied: &tokio::sync::mpsc::Sender<Applied>,
         shutdown: &CancellationToken,
     ) -> bool {
-        let highest = redelivered.iter().map(|d| d.delivered).max().unwrap_or(0);
-        // Taken from the end; the ones still waiting are kept with in-progress acks during
-        // each attempt, like a prefetch.
-        redelivered.sort_by_key(|d| std::cmp::Reverse(redelivery_order(highest, d.seq)));
-        while let Some(d) = redelivered.pop() {
+        // Taken from the end.
+        redelivered.sort_by_key(|d| std::cmp::Reverse(redelivery_order(d.delivered, d.seq)));
+        let keep_every = self.keep_every();
+        let mut kept = std::time::Instant::now();
+        while !redelivered.is_empty() {
+            if !self.settle(applied).await || shutdown.is_cancelled() {
+                hand_back(redelivered).await;
+                return false;
+            }
+            if kept.elapsed() >= keep_every {
+                keep_ours(redelivered.iter()).await;
+                kept = std::time::Instant::now();
+            }
+            let d = redelivered.pop().expect("not empty");
             let none = None::<std::future::Ready<Vec<Decoded>>>;
             if !self
-                .commit(vec![d], none, &mut redelivered, applied, true, shutdown)
+                .commit(vec![d], none, &mut redelivered, applied, shutdown)
                 .await
             {
                 hand_back(redelivered).await;
                 return false;
             }
-            self.metrics.applied_alone.inc();
+            self.metrics.isolated.inc();
         }
         true
     }
@@ -462,6 +481,13 @@ impl Worker {
         }
     }
 
+    /// How often messages held while something slow runs get an in-progress ack: three times
+    /// per ack wait.
+    fn keep_every(&self) -> Duration {
+        (Duration::from_secs(self.config.consumer.ack_wait_secs) / 3)
+            .max(Duration::from_millis(100))
+    }
+
     /// One store attempt for `decoded`, and how long it took. While it runs, `decoded` and
     /// `held` are kept this worker's with an in-progress ack every third of the ack wait, so a
     /// store call that hangs (rather than fails) does not send them to another worker,
@@ -472,8 +498,7 @@ impl Worker {
         held: &[Decoded],
     ) -> (legato_store::Result<Vec<Vec<ItemOutcome>>>, Duration) {
         let started = std::time::Instant::now();
-        let every = (Duration::from_secs(self.config.consumer.ack_wait_secs) / 3)
-            .max(Duration::from_millis(100));
+        let every = self.keep_every();
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         let mut apply = std::pin::pin!(self.store.apply(writes(decoded), Clock::now()));
         loop {
@@ -671,8 +696,7 @@ mod tests {
         let mut waiting: Vec<(u64, i64)> = (0..).zip(delivered.iter().copied()).collect();
         let mut extra = vec![0; delivered.len()];
         for _ in 0..delivered.len() {
-            let highest = waiting.iter().map(|w| w.1).max().expect("one waits");
-            waiting.sort_by_key(|w| redelivery_order(highest, w.0));
+            waiting.sort_by_key(|&(seq, delivered)| redelivery_order(delivered, seq));
             let crash = waiting
                 .iter()
                 .position(|w| w.0 == crasher)
@@ -692,16 +716,18 @@ mod tests {
     }
 
     #[test]
-    fn a_message_that_crashes_every_worker_is_left_alone_within_two_deliveries() {
+    fn a_message_that_crashes_every_worker_costs_the_others_at_most_one_delivery() {
         for n in 1..=9_usize {
             for crasher in 0..n as u64 {
-                // The batch it crashed with, and messages handed back more often before.
+                // The batch it crashed with, and with messages handed back before (or come
+                // back from other crashes) fetched beside them.
                 let together = vec![2; n];
                 let mixed: Vec<i64> = (0..n as i64).map(|i| 2 + i % 3).collect();
-                for delivered in [together, mixed] {
+                let odd: Vec<i64> = (0..n as i64).map(|i| 2 + (i * 7 + 3) % 4).collect();
+                for delivered in [together, mixed, odd] {
                     let extra = extra_deliveries(&delivered, crasher);
                     assert!(
-                        extra.iter().all(|&e| e <= 2),
+                        extra.iter().all(|&e| e <= 1),
                         "{delivered:?}, crashing at {crasher}: extra deliveries {extra:?}"
                     );
                 }

@@ -125,6 +125,11 @@ fn dawdling_ingest(edges: usize, ingest: usize, fanout: usize) -> ClusterOptions
 
 /// SYNC_IN messages delivered to a worker and not acked yet.
 async fn ingest_ack_pending(cluster: &Cluster) -> u64 {
+    ingest_consumer(cluster).await.num_ack_pending as u64
+}
+
+/// The `ingest` consumer's state, from the broker.
+async fn ingest_consumer(cluster: &Cluster) -> async_nats::jetstream::consumer::Info {
     let stream = cluster
         .jetstream()
         .await
@@ -135,11 +140,7 @@ async fn ingest_ack_pending(cluster: &Cluster) -> u64 {
         .get_consumer(legato_schema::subject::INGEST_CONSUMER)
         .await
         .expect("ingest consumer");
-    consumer
-        .info()
-        .await
-        .expect("consumer info")
-        .num_ack_pending as u64
+    consumer.info().await.expect("consumer info").clone()
 }
 
 /// Waits until a worker holds a fetched batch, so a kill lands mid-batch.
@@ -532,24 +533,40 @@ async fn a_hanging_apply_keeps_its_batch_from_the_other_worker() {
 }
 
 /// A worker killed while it applies a batch: its successor applies the redelivered messages
-/// one at a time, each finished before the next, so a message that kills every worker applying
-/// it would reach `max_deliveries` alone instead of taking its batch with it (which of them it
-/// is, nobody knows; the order that turns such a message up is a unit test of the worker).
+/// one at a time, each once the one before is finished, so a message that kills every worker
+/// applying it would reach `max_deliveries` alone instead of taking its batch with it (which of
+/// them it is, nobody knows; that the order turns such a message up is a unit test of the
+/// worker).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn after_a_crash_mid_apply_the_redelivered_messages_are_applied_one_at_a_time() {
+    use legato_store::Store;
+
     let mut cluster = Cluster::start(fast_options(1, 1, 1)).await;
     let user = "crashed_apply";
-    // The worker's apply waits on SQLite's lock (5 s busy timeout) while the writes arrive.
-    let lock = lock_store(&cluster);
+    // The writes wait in SYNC_IN for one fetch: the worker is stopped with no pull open.
+    cluster.ingest[0].signal("STOP");
+    legato_tests::wait_for("no pull request open", Duration::from_secs(10), || async {
+        (ingest_consumer(&cluster).await.num_waiting == 0).then_some(())
+    })
+    .await;
     let pushes = push_probes(&cluster, user, 4).await;
-    // Held by the stuck apply: it fetches nothing more until the apply ends.
-    let held = wait_mid_batch(&cluster).await;
+    // Its apply then waits on SQLite's lock (5 s busy timeout) until it is killed.
+    let lock = lock_store(&cluster);
+    cluster.ingest[0].signal("CONT");
+    legato_tests::wait_for(
+        "the four writes fetched",
+        Duration::from_secs(10),
+        || async { (ingest_consumer(&cluster).await.num_ack_pending == 4).then_some(()) },
+    )
+    .await;
     cluster.ingest[0].kill();
     lock.execute_batch("COMMIT").expect("release the lock");
     drop(lock);
     let successor = cluster.spawn(Kind::Ingest).await;
     let admin = cluster.ingest[successor].admin;
-    wait_stored(&cluster, user, 4).await;
+    cluster
+        .wait_metric(admin, "legato_ingest_isolated_messages_total", 4.0)
+        .await;
     // Those the successor commits within the edge's commit wait are answered 200.
     let answered = pushes.await.expect("pushes");
     assert!(
@@ -558,16 +575,28 @@ async fn after_a_crash_mid_apply_the_redelivered_messages_are_applied_one_at_a_t
     );
     assert_eq!(
         cluster
-            .metric(admin, "legato_ingest_applied_alone_total")
-            .await,
-        held as f64,
-        "each message the killed worker held is applied alone"
-    );
-    assert_eq!(
-        cluster
             .metric(admin, "legato_ingest_redeliveries_total")
             .await,
-        held as f64
+        4.0
+    );
+    // Each in a transaction of its own, one after the other: all were delivered twice, so
+    // in the order of their sequences.
+    let stored = cluster
+        .open_store()
+        .changes_since(
+            &legato_schema::UserId::parse(user).unwrap(),
+            legato_schema::ChangeSeq(0),
+            None,
+            100,
+        )
+        .await
+        .expect("read the store");
+    let mut by_seq: Vec<_> = stored.iter().map(|e| (e.seq, e.committed_at)).collect();
+    by_seq.sort();
+    assert_eq!(by_seq.len(), 4);
+    assert!(
+        by_seq.windows(2).all(|w| w[0].1 < w[1].1),
+        "not committed one after the other in the order of their sequences: {by_seq:?}"
     );
 }
 
