@@ -254,6 +254,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin, D: Dispatch> Session<'_, S, D> {
     }
 }
 
+/// The next answer to one of the session's mutations; pending while it has made none.
+async fn next_answer(
+    answers: &mut Option<(mpsc::Sender<String>, mpsc::Receiver<String>)>,
+) -> Option<String> {
+    match answers {
+        Some((_, rx)) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Runs the session until it ends; sends WELCOME first.
 pub async fn drive<S, D>(
     mut ws: WebSocketStream<S>,
@@ -268,6 +278,10 @@ where
 {
     let mut bucket = Bucket::new(limits.rate_per_sec, limits.rate_burst);
     let inflight = Arc::new(Semaphore::new(limits.max_inflight_mutations.max(1)));
+    // The answers to the session's own mutations, made at its first mutation (an idle
+    // session does not pay for the channel). Apart from `rx`, so a catch-up that drops the
+    // queued deliveries never drops an answer.
+    let mut answers: Option<(mpsc::Sender<String>, mpsc::Receiver<String>)> = None;
     let mut deadline = Instant::now() + limits.idle_timeout;
     let mut session = Session {
         ws: &mut ws,
@@ -299,9 +313,9 @@ where
                     Ok(())
                 }
             }
+            Some(answer) = next_answer(&mut answers) => session.send(answer).await,
             outbound = rx.recv() => match outbound {
-                Some(Outbound::Frame(frame)) => session.send(frame).await,
-                Some(Outbound::Delivery(delivery)) => {
+                Some(delivery) => {
                     let mut result = Ok(());
                     for frame in &delivery.frames {
                         session.saw(frame.seq);
@@ -364,10 +378,11 @@ where
                                     // Backpressure: at most N mutations of a session in flight.
                                     let permit = inflight.clone().acquire_owned().await.expect("semaphore open");
                                     let (dispatch, link) = (dispatch.clone(), link.clone());
-                                    let tx = link.tx.clone();
+                                    let capacity = limits.max_inflight_mutations.max(1);
+                                    let tx = answers.get_or_insert_with(|| mpsc::channel(capacity)).0.clone();
                                     tokio::spawn(async move {
                                         for frame in dispatch.mutate(kind, entity, writes, link).await {
-                                            if tx.send(Outbound::Frame(frame)).await.is_err() {
+                                            if tx.send(frame).await.is_err() {
                                                 break;
                                             }
                                         }
@@ -646,13 +661,13 @@ mod tests {
     /// A delivery of one frame with `seq`.
     fn delivery(seq: u64) -> Outbound {
         use legato_schema::envelope::{DeliveredFrame, Delivery};
-        Outbound::Delivery(Arc::new(Delivery {
+        Arc::new(Delivery {
             v: 1,
             frames: vec![DeliveredFrame {
                 seq,
                 text: format!(r#"{{"type":"ENTRY_UPDATED","seq":{seq}}}"#),
             }],
-        }))
+        })
     }
 
     #[tokio::test(start_paused = true)]
@@ -693,6 +708,100 @@ mod tests {
         assert!(!link.lost_frames(), "the kept cursor is used once");
     }
 
+    #[test]
+    fn a_queued_delivery_is_one_pointer() {
+        // Each session's queue allocates a block of 32 slots up front: every idle session
+        // pays 32 × this (docs/BENCHMARKS.md, idle memory).
+        assert_eq!(std::mem::size_of::<Outbound>(), 8);
+    }
+
+    /// Answers a mutation once the test opens the gate; tells the test it has one.
+    struct Gated {
+        entered: Arc<tokio::sync::Notify>,
+        gate: Arc<Semaphore>,
+    }
+
+    impl Dispatch for Gated {
+        async fn mutate(
+            &self,
+            kind: String,
+            entity: String,
+            writes: Vec<(EntityType, Value)>,
+            link: Arc<SessionLink>,
+        ) -> Vec<String> {
+            self.entered.notify_one();
+            let _open = self.gate.acquire().await.expect("gate open");
+            Stub.mutate(kind, entity, writes, link).await
+        }
+
+        async fn catch_up_page(
+            &self,
+            since: u64,
+            cursor: Option<PageCursor>,
+        ) -> Result<Page, String> {
+            Stub.catch_up_page(since, cursor).await
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_catch_up_drops_the_queued_deliveries_but_not_the_answer_to_a_mutation() {
+        use legato_schema::envelope::{DeliveredFrame, Delivery};
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let server = WebSocketStream::from_raw_socket(a, Role::Server, None).await;
+        let mut client = WebSocketStream::from_raw_socket(b, Role::Client, None).await;
+        let (entered, gate) = (
+            Arc::new(tokio::sync::Notify::new()),
+            Arc::new(Semaphore::new(0)),
+        );
+        let dispatch = Gated {
+            entered: entered.clone(),
+            gate: gate.clone(),
+        };
+        let (link, rx) = SessionLink::new("s-1".into(), None, 2);
+        let tx = link.tx.clone();
+        let _task = tokio::spawn(drive(
+            server,
+            link.clone(),
+            rx,
+            Arc::new(dispatch),
+            limits(),
+        ));
+        next_text(&mut client).await;
+        client
+            .send(Message::text(r#"{"type":"ENTRY_DELETED","entryId":"e1"}"#))
+            .await
+            .unwrap();
+        entered.notified().await;
+        // The session writes frames far beyond what the 64 KiB pipe holds; the client reads
+        // none yet. Meanwhile the mutation is answered, and the hub finds the queue full.
+        let text = format!(r#"{{"type":"ENTRY_UPDATED","pad":"{}"}}"#, "x".repeat(8192));
+        let frames = (1..=16).map(|seq| DeliveredFrame {
+            seq,
+            text: text.clone(),
+        });
+        tx.send(Arc::new(Delivery {
+            v: 1,
+            frames: frames.collect(),
+        }))
+        .await
+        .unwrap();
+        gate.add_permits(1);
+        // Every other task runs until it waits: the mutation's answer is made and queued while
+        // the session is stuck on its write.
+        for _ in 0..16 {
+            tokio::task::yield_now().await;
+        }
+        link.lag();
+        // Reading now, the client gets the frames, the catch-up, and the answer.
+        let mut answered = false;
+        while let Ok(frame) =
+            tokio::time::timeout(Duration::from_secs(5), next_text(&mut client)).await
+        {
+            answered |= frame["entityId"] == "e1";
+        }
+        assert!(answered, "the answer to the mutation never came");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_client_that_stops_reading_is_dropped_after_the_write_timeout_and_not_before() {
         use legato_schema::envelope::{DeliveredFrame, Delivery};
@@ -709,7 +818,7 @@ mod tests {
                 })
                 .collect(),
         });
-        tx.send(Outbound::Delivery(delivery)).await.unwrap();
+        tx.send(delivery).await.unwrap();
         let started = tokio::time::Instant::now();
         // Time is paused: it advances only when every task waits, so the write stalls for
         // exactly the timeout; the idle timeout (90 s) is far away.
