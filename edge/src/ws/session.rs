@@ -220,6 +220,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin, D: Dispatch> Session<'_, S, D> {
         bounded(self.link, self.write_timeout, self.ws.flush()).await
     }
 
+    /// Writes `frames` and flushes once.
+    async fn write_all(&mut self, frames: impl Iterator<Item = String>) -> Result<(), WsError> {
+        for frame in frames {
+            self.feed(frame).await?;
+        }
+        self.flush().await
+    }
+
     /// Sends every change after `since`, then `SYNC_RESPONSE` with the resume cursor.
     async fn catch_up(&mut self, since: u64) -> Result<(), WsError> {
         let mut cursor = None;
@@ -254,12 +262,47 @@ impl<S: AsyncRead + AsyncWrite + Unpin, D: Dispatch> Session<'_, S, D> {
     }
 }
 
+/// The answers to a session's own mutations, waiting to be written: one entry (all its
+/// frames) per mutation, pushed by its task before it gives its in-flight permit back. So
+/// at most `max_inflight_mutations` wait at once and a push never waits, where a bounded
+/// channel of frames could fill with a mutation's many frames while the session, waiting
+/// for a permit, did not read them (a session hung for good). Kept apart from the delivery
+/// queue, so a catch-up that drops the queued deliveries never drops an answer; made at a
+/// session's first mutation, and empty (no allocation) when nothing waits.
+#[derive(Default)]
+struct Answers {
+    waiting: std::sync::Mutex<std::collections::VecDeque<Vec<String>>>,
+    ready: tokio::sync::Notify,
+}
+
+impl Answers {
+    fn push(&self, frames: Vec<String>) {
+        self.waiting.lock().expect("answers lock").push_back(frames);
+        self.ready.notify_one();
+    }
+
+    /// The next mutation's frames.
+    async fn next(&self) -> Vec<String> {
+        loop {
+            {
+                let mut waiting = self.waiting.lock().expect("answers lock");
+                if let Some(frames) = waiting.pop_front() {
+                    if waiting.is_empty() {
+                        waiting.shrink_to_fit();
+                    }
+                    return frames;
+                }
+            }
+            // A push between the check and here leaves a permit: no wake-up is lost.
+            self.ready.notified().await;
+        }
+    }
+}
+
 /// The next answer to one of the session's mutations; pending while it has made none.
-async fn next_answer(
-    answers: &mut Option<(mpsc::Sender<String>, mpsc::Receiver<String>)>,
-) -> Option<String> {
+async fn next_answer(answers: Option<&Answers>) -> Vec<String> {
     match answers {
-        Some((_, rx)) => rx.recv().await,
+        Some(answers) => answers.next().await,
         None => std::future::pending().await,
     }
 }
@@ -278,10 +321,7 @@ where
 {
     let mut bucket = Bucket::new(limits.rate_per_sec, limits.rate_burst);
     let inflight = Arc::new(Semaphore::new(limits.max_inflight_mutations.max(1)));
-    // The answers to the session's own mutations, made at its first mutation (an idle
-    // session does not pay for the channel). Apart from `rx`, so a catch-up that drops the
-    // queued deliveries never drops an answer.
-    let mut answers: Option<(mpsc::Sender<String>, mpsc::Receiver<String>)> = None;
+    let mut answers: Option<Arc<Answers>> = None;
     let mut deadline = Instant::now() + limits.idle_timeout;
     let mut session = Session {
         ws: &mut ws,
@@ -313,22 +353,19 @@ where
                     Ok(())
                 }
             }
-            Some(answer) = next_answer(&mut answers) => session.send(answer).await,
+            answer = next_answer(answers.as_deref()) => {
+                dispatch.observe(Event::FramesOut(answer.len()));
+                session.write_all(answer.into_iter()).await
+            }
             outbound = rx.recv() => match outbound {
                 Some(delivery) => {
-                    let mut result = Ok(());
-                    for frame in &delivery.frames {
-                        session.saw(frame.seq);
-                        result = session.feed(frame.text.clone()).await;
-                        if result.is_err() {
-                            break;
-                        }
-                    }
                     dispatch.observe(Event::FramesOut(delivery.frames.len()));
-                    match result {
-                        Ok(()) => session.flush().await,
-                        e => e,
-                    }
+                    // Each frame's seq is seen as it is written (`Session::saw`).
+                    let frames = delivery.frames.iter().map(|frame| {
+                        link.delivered.fetch_max(frame.seq, Ordering::SeqCst);
+                        frame.text.clone()
+                    });
+                    session.write_all(frames).await
                 }
                 None => break End::Shutdown,
             },
@@ -378,14 +415,9 @@ where
                                     // Backpressure: at most N mutations of a session in flight.
                                     let permit = inflight.clone().acquire_owned().await.expect("semaphore open");
                                     let (dispatch, link) = (dispatch.clone(), link.clone());
-                                    let capacity = limits.max_inflight_mutations.max(1);
-                                    let tx = answers.get_or_insert_with(|| mpsc::channel(capacity)).0.clone();
+                                    let answers = answers.get_or_insert_with(Arc::default).clone();
                                     tokio::spawn(async move {
-                                        for frame in dispatch.mutate(kind, entity, writes, link).await {
-                                            if tx.send(frame).await.is_err() {
-                                                break;
-                                            }
-                                        }
+                                        answers.push(dispatch.mutate(kind, entity, writes, link).await);
                                         drop(permit);
                                     });
                                     Ok(())
@@ -475,6 +507,18 @@ mod tests {
         mpsc::Sender<Outbound>,
         tokio::task::JoinHandle<End>,
     ) {
+        start_with(limits, Stub).await
+    }
+
+    async fn start_with(
+        limits: Limits,
+        dispatch: impl Dispatch,
+    ) -> (
+        Client,
+        Arc<SessionLink>,
+        mpsc::Sender<Outbound>,
+        tokio::task::JoinHandle<End>,
+    ) {
         let (a, b) = tokio::io::duplex(64 * 1024);
         let config = WebSocketConfig::default()
             .max_message_size(Some(1024))
@@ -483,7 +527,7 @@ mod tests {
         let client = WebSocketStream::from_raw_socket(b, Role::Client, None).await;
         let (link, rx) = SessionLink::new("s-1".into(), None, 2);
         let tx = link.tx.clone();
-        let task = tokio::spawn(drive(server, link.clone(), rx, Arc::new(Stub), limits));
+        let task = tokio::spawn(drive(server, link.clone(), rx, Arc::new(dispatch), limits));
         (client, link, tx, task)
     }
 
@@ -715,13 +759,25 @@ mod tests {
         assert_eq!(std::mem::size_of::<Outbound>(), 8);
     }
 
-    /// Answers a mutation once the test opens the gate; tells the test it has one.
-    struct Gated {
+    /// Answers a mutation with the stub's answer repeated `frames` times, once the test opens
+    /// `gate`; tells the test through `entered` that it has one.
+    struct Scripted {
+        frames: usize,
         entered: Arc<tokio::sync::Notify>,
         gate: Arc<Semaphore>,
     }
 
-    impl Dispatch for Gated {
+    impl Scripted {
+        fn open(frames: usize) -> Scripted {
+            Scripted {
+                frames,
+                entered: Arc::default(),
+                gate: Arc::new(Semaphore::new(Semaphore::MAX_PERMITS)),
+            }
+        }
+    }
+
+    impl Dispatch for Scripted {
         async fn mutate(
             &self,
             kind: String,
@@ -731,7 +787,8 @@ mod tests {
         ) -> Vec<String> {
             self.entered.notify_one();
             let _open = self.gate.acquire().await.expect("gate open");
-            Stub.mutate(kind, entity, writes, link).await
+            let answer = Stub.mutate(kind, entity, writes, link).await;
+            answer.iter().cycle().take(self.frames).cloned().collect()
         }
 
         async fn catch_up_page(
@@ -746,26 +803,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_catch_up_drops_the_queued_deliveries_but_not_the_answer_to_a_mutation() {
         use legato_schema::envelope::{DeliveredFrame, Delivery};
-        let (a, b) = tokio::io::duplex(64 * 1024);
-        let server = WebSocketStream::from_raw_socket(a, Role::Server, None).await;
-        let mut client = WebSocketStream::from_raw_socket(b, Role::Client, None).await;
-        let (entered, gate) = (
-            Arc::new(tokio::sync::Notify::new()),
-            Arc::new(Semaphore::new(0)),
-        );
-        let dispatch = Gated {
-            entered: entered.clone(),
-            gate: gate.clone(),
+        let dispatch = Scripted {
+            gate: Arc::new(Semaphore::new(0)),
+            ..Scripted::open(1)
         };
-        let (link, rx) = SessionLink::new("s-1".into(), None, 2);
-        let tx = link.tx.clone();
-        let _task = tokio::spawn(drive(
-            server,
-            link.clone(),
-            rx,
-            Arc::new(dispatch),
-            limits(),
-        ));
+        let (entered, gate) = (dispatch.entered.clone(), dispatch.gate.clone());
+        let (mut client, link, tx, _task) = start_with(limits(), dispatch).await;
         next_text(&mut client).await;
         client
             .send(Message::text(r#"{"type":"ENTRY_DELETED","entryId":"e1"}"#))
@@ -791,15 +834,43 @@ mod tests {
         for _ in 0..16 {
             tokio::task::yield_now().await;
         }
+        tx.send(delivery(99)).await.unwrap();
         link.lag();
-        // Reading now, the client gets the frames, the catch-up, and the answer.
-        let mut answered = false;
+        // Reading now, the client gets the frames, the catch-up (instead of the delivery
+        // queued behind them), and the answer.
+        let mut seen = Vec::new();
         while let Ok(frame) =
             tokio::time::timeout(Duration::from_secs(5), next_text(&mut client)).await
         {
-            answered |= frame["entityId"] == "e1";
+            seen.push(frame);
         }
-        assert!(answered, "the answer to the mutation never came");
+        assert!(
+            seen.iter().any(|f| f["entityId"] == "e1"),
+            "the answer to the mutation never came"
+        );
+        assert!(seen.iter().any(|f| f["type"] == "SYNC_RESPONSE"));
+        assert!(
+            !seen.iter().any(|f| f["seq"] == 99),
+            "the queued delivery was sent, not dropped for the catch-up"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn mutations_answered_with_more_frames_than_mutations_in_flight_are_all_answered() {
+        // Two mutations in flight at most, three frames each, three mutations.
+        let (mut client, _link, _tx, _task) = start_with(limits(), Scripted::open(3)).await;
+        next_text(&mut client).await;
+        for n in 0..3 {
+            let text = format!(r#"{{"type":"ENTRY_DELETED","entryId":"e{n}"}}"#);
+            client.send(Message::text(text)).await.unwrap();
+        }
+        let mut answers = 0;
+        while answers < 9 {
+            let frame = tokio::time::timeout(Duration::from_secs(60), next_text(&mut client))
+                .await
+                .expect("the session hung with answers it did not write");
+            answers += usize::from(frame.get("entityId").is_some());
+        }
     }
 
     #[tokio::test(start_paused = true)]
