@@ -263,12 +263,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin, D: Dispatch> Session<'_, S, D> {
 }
 
 /// The answers to a session's own mutations, waiting to be written: one entry (all its
-/// frames) per mutation, pushed by its task before it gives its in-flight permit back. So
-/// at most `max_inflight_mutations` wait at once and a push never waits, where a bounded
-/// channel of frames could fill with a mutation's many frames while the session, waiting
-/// for a permit, did not read them (a session hung for good). Kept apart from the delivery
-/// queue, so a catch-up that drops the queued deliveries never drops an answer; made at a
-/// session's first mutation, and empty (no allocation) when nothing waits.
+/// frames) per mutation, pushed by its task before it gives its in-flight permit back (see
+/// [`InFlight`]). The session writes what waits here before it reads another message, and
+/// reads one only while a permit is free, so at most `max_inflight_mutations` answers wait
+/// at once and a push never waits. (A bounded
+/// channel of frames could fill with a mutation's many frames while the session waited for a
+/// permit: it hung for good.) Kept apart from the delivery queue, so a catch-up that drops
+/// the queued deliveries never drops an answer; made at a session's first mutation, and
+/// empty (no allocation) when nothing waits.
 #[derive(Default)]
 struct Answers {
     waiting: std::sync::Mutex<std::collections::VecDeque<Vec<String>>>,
@@ -281,21 +283,39 @@ impl Answers {
         self.ready.notify_one();
     }
 
-    /// The next mutation's frames.
-    async fn next(&self) -> Vec<String> {
-        loop {
-            {
-                let mut waiting = self.waiting.lock().expect("answers lock");
-                if let Some(frames) = waiting.pop_front() {
-                    if waiting.is_empty() {
-                        waiting.shrink_to_fit();
-                    }
-                    return frames;
-                }
-            }
-            // A push between the check and here leaves a permit: no wake-up is lost.
-            self.ready.notified().await;
+    fn pop(&self) -> Option<Vec<String>> {
+        let mut waiting = self.waiting.lock().expect("answers lock");
+        let frames = waiting.pop_front();
+        if waiting.is_empty() {
+            waiting.shrink_to_fit();
         }
+        frames
+    }
+
+    /// The next mutation's frames, or none when a mutation's permit came back (the session
+    /// then reads messages again).
+    async fn next(&self) -> Vec<String> {
+        if let Some(frames) = self.pop() {
+            return frames;
+        }
+        // A wake-up between the check and here leaves a permit: none is lost.
+        self.ready.notified().await;
+        self.pop().unwrap_or_default()
+    }
+}
+
+/// A mutation in flight: when it ends, however it ends (a mutation that panics too), its
+/// permit goes back and the session is woken, to read messages again if it had stopped for
+/// want of a permit.
+struct InFlight {
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    answers: Arc<Answers>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        drop(self.permit.take());
+        self.answers.ready.notify_one();
     }
 }
 
@@ -354,8 +374,12 @@ where
                 }
             }
             answer = next_answer(answers.as_deref()) => {
-                dispatch.observe(Event::FramesOut(answer.len()));
-                session.write_all(answer.into_iter()).await
+                if answer.is_empty() {
+                    Ok(())
+                } else {
+                    dispatch.observe(Event::FramesOut(answer.len()));
+                    session.write_all(answer.into_iter()).await
+                }
             }
             outbound = rx.recv() => match outbound {
                 Some(delivery) => {
@@ -370,7 +394,9 @@ where
                 None => break End::Shutdown,
             },
             _ = tokio::time::sleep_until(deadline) => break End::Idle,
-            frame = session.ws.next() => {
+            // Not while every mutation permit is taken: the messages wait in the socket, and
+            // the session goes on writing, closing and timing out meanwhile.
+            frame = session.ws.next(), if inflight.available_permits() > 0 => {
                 deadline = Instant::now() + limits.idle_timeout;
                 match frame {
                     None | Some(Ok(Message::Close(_))) => break End::ClientClosed,
@@ -413,12 +439,13 @@ where
                                 Ok(ClientMessage::Mutation { kind, entity, writes }) => {
                                     dispatch.observe(Event::MessageIn(mutation_label(&kind)));
                                     // Backpressure: at most N mutations of a session in flight.
-                                    let permit = inflight.clone().acquire_owned().await.expect("semaphore open");
+                                    let permit = inflight.clone().try_acquire_owned().expect("read only while a permit is free");
                                     let (dispatch, link) = (dispatch.clone(), link.clone());
                                     let answers = answers.get_or_insert_with(Arc::default).clone();
+                                    let in_flight = InFlight { permit: Some(permit), answers: answers.clone() };
                                     tokio::spawn(async move {
                                         answers.push(dispatch.mutate(kind, entity, writes, link).await);
-                                        drop(permit);
+                                        drop(in_flight);
                                     });
                                     Ok(())
                                 }
@@ -760,19 +787,22 @@ mod tests {
     }
 
     /// Answers a mutation with the stub's answer repeated `frames` times, once the test opens
-    /// `gate`; tells the test through `entered` that it has one.
+    /// `gate`; adds a permit to `entered` for each mutation it has; panics on the entity
+    /// `panic_on`.
     struct Scripted {
         frames: usize,
-        entered: Arc<tokio::sync::Notify>,
+        entered: Arc<Semaphore>,
         gate: Arc<Semaphore>,
+        panic_on: Option<&'static str>,
     }
 
     impl Scripted {
         fn open(frames: usize) -> Scripted {
             Scripted {
                 frames,
-                entered: Arc::default(),
+                entered: Arc::new(Semaphore::new(0)),
                 gate: Arc::new(Semaphore::new(Semaphore::MAX_PERMITS)),
+                panic_on: None,
             }
         }
     }
@@ -785,7 +815,8 @@ mod tests {
             writes: Vec<(EntityType, Value)>,
             link: Arc<SessionLink>,
         ) -> Vec<String> {
-            self.entered.notify_one();
+            self.entered.add_permits(1);
+            assert_ne!(Some(entity.as_str()), self.panic_on, "scripted panic");
             let _open = self.gate.acquire().await.expect("gate open");
             let answer = Stub.mutate(kind, entity, writes, link).await;
             answer.iter().cycle().take(self.frames).cloned().collect()
@@ -814,7 +845,7 @@ mod tests {
             .send(Message::text(r#"{"type":"ENTRY_DELETED","entryId":"e1"}"#))
             .await
             .unwrap();
-        entered.notified().await;
+        entered.acquire().await.expect("entered").forget();
         // The session writes frames far beyond what the 64 KiB pipe holds; the client reads
         // none yet. Meanwhile the mutation is answered, and the hub finds the queue full.
         let text = format!(r#"{{"type":"ENTRY_UPDATED","pad":"{}"}}"#, "x".repeat(8192));
@@ -871,6 +902,56 @@ mod tests {
                 .expect("the session hung with answers it did not write");
             answers += usize::from(frame.get("entityId").is_some());
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn mutations_that_panic_give_their_permits_back() {
+        let dispatch = Scripted {
+            panic_on: Some("boom"),
+            ..Scripted::open(1)
+        };
+        let (mut client, _link, _tx, _task) = start_with(limits(), dispatch).await;
+        next_text(&mut client).await;
+        // As many as may be in flight; each task panics.
+        for _ in 0..2 {
+            let text = r#"{"type":"ENTRY_DELETED","entryId":"boom"}"#;
+            client.send(Message::text(text)).await.unwrap();
+        }
+        client
+            .send(Message::text(r#"{"type":"ENTRY_DELETED","entryId":"e1"}"#))
+            .await
+            .unwrap();
+        let answer = tokio::time::timeout(Duration::from_secs(10), next_text(&mut client))
+            .await
+            .expect("the session stopped reading after the panics");
+        assert_eq!(answer["entityId"], "e1");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_session_with_every_mutation_permit_taken_still_closes_on_shutdown() {
+        let dispatch = Scripted {
+            gate: Arc::new(Semaphore::new(0)),
+            ..Scripted::open(1)
+        };
+        let entered = dispatch.entered.clone();
+        let (mut client, link, _tx, task) = start_with(limits(), dispatch).await;
+        next_text(&mut client).await;
+        // Two mutations in flight (the limit) that never finish, and a third waiting.
+        for n in 0..3 {
+            let text = format!(r#"{{"type":"ENTRY_DELETED","entryId":"e{n}"}}"#);
+            client.send(Message::text(text)).await.unwrap();
+        }
+        entered.acquire_many(2).await.expect("entered").forget();
+        link.close.cancel();
+        let end = tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("the session waited for a permit instead of closing")
+            .unwrap();
+        assert_eq!(end, End::Shutdown);
+        assert_eq!(
+            next_text(&mut client).await,
+            serde_json::json!({"close": 1012})
+        );
     }
 
     #[tokio::test(start_paused = true)]
