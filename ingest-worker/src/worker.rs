@@ -225,9 +225,14 @@ impl Worker {
             } else {
                 std::mem::take(&mut prefetched)
             };
-            // Redelivered messages are applied one at a time after the rest (`redelivered`).
+            // Redelivered messages are applied one at a time after the rest (`redelivered`);
+            // the usual fetch has none and is not split.
             let (mut redelivered, fresh): (Vec<_>, Vec<_>) =
-                decoded.into_iter().partition(|d| d.delivered > 1);
+                if decoded.iter().any(|d| d.delivered > 1) {
+                    decoded.into_iter().partition(|d| d.delivered > 1)
+                } else {
+                    (Vec::new(), decoded)
+                };
             if !fresh.is_empty() {
                 let items: usize = fresh.iter().map(|d| d.items.len()).sum();
                 let worth_it = batch.prefetch_min_items > 0

@@ -64,6 +64,12 @@ impl SessionLink {
         (Arc::new(link), rx)
     }
 
+    /// Records that the client has been sent everything up to `seq` (a frame's, or a
+    /// catch-up's cursor).
+    pub fn saw(&self, seq: u64) {
+        self.delivered.fetch_max(seq, Ordering::SeqCst);
+    }
+
     /// Keeps the current cursor to catch up from after the broker comes back (the oldest one
     /// kept wins, across repeated breaks).
     pub fn keep_cursor(&self) {

@@ -192,10 +192,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin, D: Dispatch> Session<'_, S, D> {
         self.link.delivered.load(Ordering::SeqCst)
     }
 
-    fn saw(&self, seq: u64) {
-        self.link.delivered.fetch_max(seq, Ordering::SeqCst);
-    }
-
     async fn send(&mut self, text: String) -> Result<(), WsError> {
         self.dispatch.observe(Event::FramesOut(1));
         bounded(
@@ -245,11 +241,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin, D: Dispatch> Session<'_, S, D> {
             for frame in page.frames {
                 self.feed(frame).await?;
             }
-            self.saw(page.max_seq);
+            self.link.saw(page.max_seq);
             match page.next {
                 Some(next) => cursor = Some(next),
                 None => {
-                    self.saw(page.last_seq);
+                    self.link.saw(page.last_seq);
                     let message = if sent > 0 {
                         "Sync complete"
                     } else {
@@ -266,11 +262,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin, D: Dispatch> Session<'_, S, D> {
 /// frames) per mutation, pushed by its task before it gives its in-flight permit back (see
 /// [`InFlight`]). The session writes what waits here before it reads another message, and
 /// reads one only while a permit is free, so at most `max_inflight_mutations` answers wait
-/// at once and a push never waits. (A bounded
-/// channel of frames could fill with a mutation's many frames while the session waited for a
-/// permit: it hung for good.) Kept apart from the delivery queue, so a catch-up that drops
-/// the queued deliveries never drops an answer; made at a session's first mutation, and
-/// empty (no allocation) when nothing waits.
+/// at once and a push never waits. (A bounded channel of frames could fill with a mutation's
+/// many frames while the session waited for a permit: it hung for good.) Kept apart from the
+/// delivery queue, so a catch-up that drops the queued deliveries never drops an answer; made
+/// at a session's first mutation, and empty (no allocation) when nothing waits.
 #[derive(Default)]
 struct Answers {
     waiting: std::sync::Mutex<std::collections::VecDeque<Vec<String>>>,
@@ -384,9 +379,9 @@ where
             outbound = rx.recv() => match outbound {
                 Some(delivery) => {
                     dispatch.observe(Event::FramesOut(delivery.frames.len()));
-                    // Each frame's seq is seen as it is written (`Session::saw`).
+                    // Each frame's seq is seen as it is written.
                     let frames = delivery.frames.iter().map(|frame| {
-                        link.delivered.fetch_max(frame.seq, Ordering::SeqCst);
+                        link.saw(frame.seq);
                         frame.text.clone()
                     });
                     session.write_all(frames).await
@@ -441,10 +436,14 @@ where
                                     // Backpressure: at most N mutations of a session in flight.
                                     let permit = inflight.clone().try_acquire_owned().expect("read only while a permit is free");
                                     let (dispatch, link) = (dispatch.clone(), link.clone());
-                                    let answers = answers.get_or_insert_with(Arc::default).clone();
-                                    let in_flight = InFlight { permit: Some(permit), answers: answers.clone() };
+                                    let in_flight = InFlight {
+                                        permit: Some(permit),
+                                        answers: answers.get_or_insert_with(Arc::default).clone(),
+                                    };
                                     tokio::spawn(async move {
-                                        answers.push(dispatch.mutate(kind, entity, writes, link).await);
+                                        let answer = dispatch.mutate(kind, entity, writes, link).await;
+                                        // Pushed while the permit is held; dropping `in_flight` gives it back.
+                                        in_flight.answers.push(answer);
                                         drop(in_flight);
                                     });
                                     Ok(())
